@@ -1,0 +1,94 @@
+/* A sparse in-memory dirty bitmap, safe for concurrent marking.
+ *
+ * Bits are grouped in leaves of BITMAP_LEAF_BYTES, allocated on the first
+ * dirty bit, so memory follows what was dirtied, not the disk size.
+ * Marking uses only atomic word operations: a load, then fetch_or only
+ * when a bit actually flips.  Every leaf whose bits flipped is flagged
+ * "changed" so a persist writes only those leaves.
+ *
+ * Bit order matches qcow2 bitmap data: bit n is bit (n & 63) of
+ * little-endian 64-bit word n >> 6 (i.e. LSB first within each byte).
+ */
+#ifndef DBM_BITMAP_H
+#define DBM_BITMAP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BITMAP_LEAF_BYTES 4096
+#define BITMAP_LEAF_BITS (BITMAP_LEAF_BYTES * 8)
+#define BITMAP_LEAF_WORDS (BITMAP_LEAF_BYTES / 8)
+
+struct bitmap {
+  uint64_t size;                /* bytes of disk covered */
+  unsigned granularity_bits;    /* bytes per bit = 1 << granularity_bits */
+  uint64_t nbits;               /* ceil (size / granularity) */
+  uint64_t nleaves;
+  _Atomic (_Atomic uint64_t *) *leaves;
+  _Atomic uint64_t *changed;    /* one bit per leaf */
+  _Atomic bool any_changed;
+};
+
+extern int bitmap_init (struct bitmap *bm, uint64_t size,
+                        unsigned granularity_bits);
+extern void bitmap_free (struct bitmap *bm);
+
+/* Mark the disk byte range [offset, offset+count) dirty (clipped to the
+ * disk).  Returns 1 if any bit flipped, 0 if all were already set, -1 with
+ * errno = ENOMEM if a leaf could not be allocated (nothing forwarded must
+ * then rely on the mark).
+ */
+extern int bitmap_mark (struct bitmap *bm, uint64_t offset, uint64_t count);
+
+/* Set bits [first, last] (inclusive bit numbers). Same return as mark. */
+extern int bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last);
+
+extern bool bitmap_test (const struct bitmap *bm, uint64_t bit);
+
+/* First bit >= start whose value is VALUE, or nbits if none. */
+extern uint64_t bitmap_find (const struct bitmap *bm, uint64_t start,
+                             bool value);
+
+/* Number of set bits. */
+extern uint64_t bitmap_count (const struct bitmap *bm);
+
+/* OR LEN bytes of qcow2-order bitmap data into the bitmap at bitmap byte
+ * BYTE_OFFSET.  Bits at or beyond nbits are ignored.
+ */
+extern int bitmap_import (struct bitmap *bm, uint64_t byte_offset,
+                          const unsigned char *buf, size_t len);
+
+/* Copy LEN bytes of bitmap data starting at BYTE_OFFSET into BUF in qcow2
+ * order.  Absent leaves read as zero.
+ */
+extern void bitmap_export (const struct bitmap *bm, uint64_t byte_offset,
+                           unsigned char *buf, size_t len);
+
+/* Bytes of bitmap data (ceil (nbits / 8)). */
+static inline uint64_t
+bitmap_data_bytes (const struct bitmap *bm)
+{
+  return (bm->nbits + 7) / 8;
+}
+
+static inline bool
+bitmap_leaf_present (const struct bitmap *bm, uint64_t leaf)
+{
+  return atomic_load (&bm->leaves[leaf]) != NULL;
+}
+
+/* Atomically read and clear the "changed" flag of LEAF. */
+extern bool bitmap_take_changed (struct bitmap *bm, uint64_t leaf);
+
+/* Flag every present leaf as changed again (after a failed persist). */
+extern void bitmap_set_changed (struct bitmap *bm, uint64_t leaf);
+
+/* Drop every bit (not safe against concurrent marking). */
+extern void bitmap_clear (struct bitmap *bm);
+
+/* Bytes of heap held by the bitmap. */
+extern uint64_t bitmap_memory (const struct bitmap *bm);
+
+#endif /* DBM_BITMAP_H */

@@ -1,0 +1,880 @@
+/* Reading and validating a qcow2 bitmap file.  The file is untrusted:
+ * every offset and size is checked against the file size and the spec's
+ * limits before it is used, and each violation has its own message naming
+ * the field, its offset and its value.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "endian-be.h"
+#include "qcow2.h"
+#include "qcow2-internal.h"
+
+#define BAD(...) dbm_seterr (err, EINVAL, __VA_ARGS__)
+
+ssize_t
+qcow2_pread_full (int fd, void *buf, size_t len, uint64_t off)
+{
+  size_t done = 0;
+
+  while (done < len) {
+    ssize_t r = pread (fd, (char *) buf + done, len - done, off + done);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0)
+      break;
+    done += r;
+  }
+  memset ((char *) buf + done, 0, len - done);
+  return done;
+}
+
+/* Read LEN bytes of a structure that must lie wholly inside the file. */
+static int
+read_struct (struct qcow2_image *img, uint64_t off, void *buf, uint64_t len,
+             const char *what, struct dbm_err *err)
+{
+  if (off > img->file_size || len > img->file_size - off)
+    return BAD ("%s: %s at offset 0x%" PRIx64 " (%" PRIu64 " bytes) "
+                "runs past the end of the file (%" PRIu64 " bytes)",
+                img->path, what, off, len, img->file_size);
+  if (qcow2_pread_full (img->fd, buf, len, off) == -1)
+    return dbm_seterr (err, errno, "%s: read %s at offset 0x%" PRIx64 ": %m",
+                       img->path, what, off);
+  return 0;
+}
+
+uint64_t
+qcow2_required_table_size (uint64_t size, unsigned granularity_bits,
+                           unsigned cluster_bits)
+{
+  uint64_t s = size & ~UINT64_C (511);
+  uint64_t gran = UINT64_C (1) << granularity_bits;
+  uint64_t nbits = s / gran + (s % gran != 0);
+  uint64_t bits_per_cluster = UINT64_C (8) << cluster_bits;
+
+  return nbits / bits_per_cluster + (nbits % bits_per_cluster != 0);
+}
+
+int
+qcow2_check_bitmap_params (uint64_t size, const char *name,
+                           unsigned granularity_bits, unsigned cluster_bits,
+                           struct dbm_err *err)
+{
+  size_t len = strlen (name);
+  uint64_t tsize;
+
+  if (len == 0)
+    return BAD ("bitmap name: must not be empty");
+  if (len > BME_MAX_NAME_SIZE)
+    return BAD ("bitmap name: %zu bytes, the limit is %d", len,
+                BME_MAX_NAME_SIZE);
+  if (granularity_bits < BME_MIN_GRANULARITY_BITS ||
+      granularity_bits > BME_MAX_GRANULARITY_BITS)
+    return BAD ("bitmap granularity: 2^%u bytes is outside 512 bytes .. 2 GiB",
+                granularity_bits);
+  tsize = qcow2_required_table_size (size, granularity_bits, cluster_bits);
+  if (tsize == 0)
+    return BAD ("bitmap '%s': a disk of size 0 cannot carry a bitmap", name);
+  if (tsize > BME_MAX_TABLE_SIZE ||
+      (tsize << cluster_bits) > BME_MAX_PHYS_SIZE)
+    return BAD ("bitmap '%s': granularity %" PRIu64 " is too fine for a "
+                "%" PRIu64 "-byte disk (more than 512 MiB of bitmap); "
+                "use a larger granularity", name,
+                UINT64_C (1) << granularity_bits, size);
+  return 0;
+}
+
+/* Count one reference to each of N clusters starting at OFF. */
+static int
+add_ref (struct qcow2_image *img, uint8_t *refs, uint64_t off, uint64_t n,
+         const char *what, struct dbm_err *err)
+{
+  uint64_t i, first = off >> img->cluster_bits;
+
+  if (off & (img->cluster_size - 1))
+    return BAD ("%s: %s offset 0x%" PRIx64 " is not cluster-aligned",
+                img->path, what, off);
+  if (off >= img->file_size || n > (img->file_size - off + img->cluster_size - 1)
+      >> img->cluster_bits)
+    return BAD ("%s: %s at offset 0x%" PRIx64 " lies beyond the end of the "
+                "file (%" PRIu64 " bytes)", img->path, what, off,
+                img->file_size);
+  for (i = 0; i < n; ++i)
+    if (refs[first + i] < 255)
+      refs[first + i]++;
+  return 0;
+}
+
+static int
+parse_header (struct qcow2_image *img, const unsigned char *h,
+              struct dbm_err *err)
+{
+  uint32_t version;
+  uint64_t known;
+
+  if (get_be32 (h) != QCOW2_MAGIC)
+    return BAD ("%s: not a qcow2 file (magic 0x%08" PRIx32 " at offset 0)",
+                img->path, get_be32 (h));
+  version = get_be32 (h + 4);
+  if (version != 3)
+    return BAD ("%s: qcow2 version %" PRIu32 " at offset 4: bitmaps need "
+                "version 3", img->path, version);
+  if (get_be64 (h + 8) != 0 || get_be32 (h + 16) != 0)
+    return BAD ("%s: backing_file_offset (offset 8) is 0x%" PRIx64 ": a bitmap "
+                "file must not have a backing file", img->path,
+                get_be64 (h + 8));
+  img->cluster_bits = get_be32 (h + 20);
+  if (img->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+      img->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+    return BAD ("%s: cluster_bits (offset 20) is %" PRIu32 ", outside 9..21",
+                img->path, img->cluster_bits);
+  img->cluster_size = UINT64_C (1) << img->cluster_bits;
+  img->size = get_be64 (h + 24);
+  if (get_be32 (h + 32) != 0)
+    return BAD ("%s: crypt_method (offset 32) is %" PRIu32 ": encrypted "
+                "images are not bitmap files", img->path, get_be32 (h + 32));
+  img->l1_size = get_be32 (h + 36);
+  img->l1_table_offset = get_be64 (h + 40);
+  img->refcount_table_offset = get_be64 (h + 48);
+  img->refcount_table_clusters = get_be32 (h + 56);
+  if (get_be32 (h + 60) != 0)
+    return BAD ("%s: nb_snapshots (offset 60) is %" PRIu32 ": a bitmap file "
+                "must not have internal snapshots", img->path,
+                get_be32 (h + 60));
+  img->incompatible_features = get_be64 (h + 72);
+  img->compatible_features = get_be64 (h + 80);
+  img->autoclear_features = get_be64 (h + 88);
+  img->refcount_order = get_be32 (h + 96);
+  img->header_length = get_be32 (h + 100);
+
+  if (img->incompatible_features & QCOW2_INCOMPAT_DIRTY)
+    return BAD ("%s: incompatible_features (offset 72) has the dirty bit: "
+                "refcounts are not up to date; run 'qemu-img check -r all'",
+                img->path);
+  if (img->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+    return BAD ("%s: incompatible_features (offset 72) has the corrupt bit "
+                "set", img->path);
+  if (img->incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+    return BAD ("%s: incompatible_features (offset 72): an external data "
+                "file is not supported in a bitmap file", img->path);
+  known = QCOW2_INCOMPAT_COMPRESSION | QCOW2_INCOMPAT_EXTL2;
+  if (img->incompatible_features & ~known)
+    return BAD ("%s: incompatible_features (offset 72) is 0x%" PRIx64
+                ": unknown feature bits", img->path,
+                img->incompatible_features);
+  if (img->refcount_order > 6)
+    return BAD ("%s: refcount_order (offset 96) is %" PRIu32 ", outside 0..6",
+                img->path, img->refcount_order);
+  if (img->refcount_order < 3)
+    return BAD ("%s: refcount_order (offset 96) is %" PRIu32 ": refcounts "
+                "narrower than 8 bits are not supported", img->path,
+                img->refcount_order);
+  if (img->header_length < 104 || img->header_length > img->cluster_size ||
+      img->header_length % 8)
+    return BAD ("%s: header_length (offset 100) is %" PRIu32 ": must be a "
+                "multiple of 8 in 104..%" PRIu64, img->path,
+                img->header_length, img->cluster_size);
+  if (img->refcount_table_offset == 0 ||
+      img->refcount_table_offset & (img->cluster_size - 1))
+    return BAD ("%s: refcount_table_offset (offset 48) is 0x%" PRIx64 ": "
+                "must be non-zero and cluster-aligned", img->path,
+                img->refcount_table_offset);
+  if (img->refcount_table_clusters == 0)
+    return BAD ("%s: refcount_table_clusters (offset 56) is 0: the image has "
+                "no reference count table", img->path);
+  return 0;
+}
+
+static int
+parse_bitmaps_ext (struct qcow2_image *img, const unsigned char *d,
+                   uint32_t len, uint64_t off, struct dbm_err *err)
+{
+  if (img->has_bitmaps_ext)
+    return BAD ("%s: second bitmaps extension at offset 0x%" PRIx64,
+                img->path, off);
+  if (len == BME_DRAFT_EXT_LENGTH)
+    return BAD ("%s: bitmaps extension at offset 0x%" PRIx64 " has length 16: "
+                "this is the 2015 draft layout, not supported here",
+                img->path, off);
+  if (len != BME_EXT_LENGTH)
+    return BAD ("%s: bitmaps extension at offset 0x%" PRIx64 " has length "
+                "%" PRIu32 ", must be 24", img->path, off, len);
+  img->has_bitmaps_ext = true;
+  img->nb_bitmaps = get_be32 (d);
+  img->bitmap_directory_size = get_be64 (d + 8);
+  img->bitmap_directory_offset = get_be64 (d + 16);
+  if (img->nb_bitmaps == 0)
+    return BAD ("%s: nb_bitmaps (offset 0x%" PRIx64 ") is 0: the extension "
+                "must be omitted when there are no bitmaps", img->path, off + 8);
+  if (img->nb_bitmaps > BME_MAX_BITMAPS)
+    return BAD ("%s: nb_bitmaps (offset 0x%" PRIx64 ") is %" PRIu32
+                ", the maximum is 65535", img->path, off + 8, img->nb_bitmaps);
+  if (get_be32 (d + 4) != 0)
+    return BAD ("%s: bitmaps extension reserved field (offset 0x%" PRIx64
+                ") is 0x%" PRIx32 ", must be 0", img->path, off + 12,
+                get_be32 (d + 4));
+  if (img->bitmap_directory_size == 0)
+    return BAD ("%s: bitmap_directory_size (offset 0x%" PRIx64 ") is 0",
+                img->path, off + 16);
+  if (img->bitmap_directory_size > BME_MAX_DIRECTORY_SIZE)
+    return BAD ("%s: bitmap_directory_size (offset 0x%" PRIx64 ") is %" PRIu64
+                ", exceeds the maximum 67107840", img->path, off + 16,
+                img->bitmap_directory_size);
+  if (img->bitmap_directory_offset == 0 ||
+      img->bitmap_directory_offset & (img->cluster_size - 1))
+    return BAD ("%s: bitmap_directory_offset (offset 0x%" PRIx64 ") is 0x%"
+                PRIx64 ": must be non-zero and cluster-aligned", img->path,
+                off + 24, img->bitmap_directory_offset);
+  return 0;
+}
+
+/* Walk the header extensions, from header_length to the end of cluster 0. */
+static int
+parse_extensions (struct qcow2_image *img, const unsigned char *c0,
+                  struct dbm_err *err)
+{
+  uint64_t off = img->header_length;
+  bool seen_features = false;
+
+  for (;;) {
+    uint32_t magic, len;
+
+    if (off + 8 > img->cluster_size)
+      return BAD ("%s: header extensions run past the end of cluster 0 "
+                  "(no end marker before offset 0x%" PRIx64 ")",
+                  img->path, off);
+    magic = get_be32 (c0 + off);
+    len = get_be32 (c0 + off + 4);
+    if (magic == QCOW2_EXT_END)
+      return 0;
+    if (len > img->cluster_size - off - 8)
+      return BAD ("%s: header extension 0x%08" PRIx32 " at offset 0x%" PRIx64
+                  " has length %" PRIu32 ", past the end of cluster 0",
+                  img->path, magic, off, len);
+    if (magic == QCOW2_EXT_BITMAPS) {
+      if (parse_bitmaps_ext (img, c0 + off + 8, len, off, err) == -1)
+        return -1;
+    }
+    else if (magic == QCOW2_EXT_FEATURE_TABLE) {
+      if (seen_features)
+        return BAD ("%s: second feature-name table at offset 0x%" PRIx64,
+                    img->path, off);
+      seen_features = true;
+    }
+    else if (magic == 0xe2792acaU)
+      return BAD ("%s: backing-format extension at offset 0x%" PRIx64
+                  ": a bitmap file must not have a backing file",
+                  img->path, off);
+    off += 8 + ((uint64_t) len + 7) / 8 * 8;
+  }
+}
+
+/* Walk L1 and the L2 tables it points at, counting references.  A bitmap
+ * file normally has an all-zero L1; guest data is counted, not rejected,
+ * so files dirtied by qemu-io can still be read.
+ */
+static int
+walk_l1 (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
+{
+  uint64_t need, l1_bytes, i, j;
+  uint64_t per_l1 = img->cluster_size / 8 * img->cluster_size;
+  CLEANUP_FREE unsigned char *l1 = NULL;
+  CLEANUP_FREE unsigned char *l2 = NULL;
+
+  need = qcow2_virtual_size (img) / per_l1 +
+    (qcow2_virtual_size (img) % per_l1 != 0);
+  if (img->l1_size < need)
+    return BAD ("%s: l1_size (offset 36) is %" PRIu32 ", the virtual size "
+                "%" PRIu64 " needs at least %" PRIu64 " (L1 table is too "
+                "small)", img->path, img->l1_size, img->size, need);
+  l1_bytes = (uint64_t) img->l1_size * 8;
+  if (l1_bytes > QCOW2_MAX_L1_BYTES)
+    return BAD ("%s: l1_size (offset 36) is %" PRIu32 ", above the 32 MiB "
+                "L1 limit", img->path, img->l1_size);
+  if (img->l1_size == 0) {
+    if (img->l1_table_offset != 0 &&
+        img->l1_table_offset & (img->cluster_size - 1))
+      return BAD ("%s: l1_table_offset (offset 40) 0x%" PRIx64 " is not "
+                  "cluster-aligned", img->path, img->l1_table_offset);
+    return 0;
+  }
+  if (add_ref (img, refs, img->l1_table_offset,
+               (l1_bytes + img->cluster_size - 1) >> img->cluster_bits,
+               "L1 table (l1_table_offset, offset 40)", err) == -1)
+    return -1;
+  l1 = malloc (l1_bytes);
+  l2 = malloc (img->cluster_size);
+  if (l1 == NULL || l2 == NULL)
+    return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+  if (read_struct (img, img->l1_table_offset, l1, l1_bytes, "L1 table",
+                   err) == -1)
+    return -1;
+  for (i = 0; i < img->l1_size; ++i) {
+    uint64_t e = get_be64 (l1 + i * 8);
+    uint64_t l2_off = e & QCOW2_OFFSET_MASK;
+
+    if (e & ~(QCOW2_OFFSET_MASK | (UINT64_C (1) << 63)))
+      return BAD ("%s: L1 entry %" PRIu64 " (offset 0x%" PRIx64 ") is 0x%"
+                  PRIx64 ": reserved bits set", img->path, i,
+                  img->l1_table_offset + i * 8, e);
+    if (l2_off == 0)
+      continue;
+    if (img->incompatible_features & QCOW2_INCOMPAT_EXTL2)
+      return BAD ("%s: extended L2 entries are not supported", img->path);
+    if (add_ref (img, refs, l2_off, 1, "L2 table", err) == -1)
+      return -1;
+    if (qcow2_pread_full (img->fd, l2, img->cluster_size, l2_off) == -1)
+      return dbm_seterr (err, errno, "%s: read L2 table at 0x%" PRIx64 ": %m",
+                         img->path, l2_off);
+    for (j = 0; j < img->cluster_size / 8; ++j) {
+      uint64_t e2 = get_be64 (l2 + j * 8);
+      uint64_t d = e2 & QCOW2_OFFSET_MASK;
+
+      if (e2 & (UINT64_C (1) << 62))
+        return BAD ("%s: L2 entry at 0x%" PRIx64 " is compressed: compressed "
+                    "clusters are not supported in a bitmap file", img->path,
+                    l2_off + j * 8);
+      if (d == 0)
+        continue;
+      if (add_ref (img, refs, d, 1, "data cluster", err) == -1)
+        return -1;
+      img->data_clusters++;
+    }
+  }
+  return 0;
+}
+
+static int
+parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
+{
+  CLEANUP_FREE unsigned char *dir = NULL;
+  uint64_t pos = 0, dsize = img->bitmap_directory_size;
+  uint32_t i, j;
+
+  if (add_ref (img, refs, img->bitmap_directory_offset,
+               (dsize + img->cluster_size - 1) >> img->cluster_bits,
+               "bitmap directory", err) == -1)
+    return -1;
+  dir = malloc (dsize);
+  img->bitmaps = calloc (img->nb_bitmaps, sizeof *img->bitmaps);
+  if (dir == NULL || img->bitmaps == NULL)
+    return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+  if (read_struct (img, img->bitmap_directory_offset, dir, dsize,
+                   "bitmap directory", err) == -1)
+    return -1;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    const unsigned char *e = dir + pos;
+    uint64_t eoff = img->bitmap_directory_offset + pos;
+    uint32_t extra;
+    uint64_t esize, k;
+    uint8_t type;
+
+    if (dsize - pos < BME_ENTRY_FIXED)
+      return BAD ("%s: bitmap directory (bitmap_directory_size %" PRIu64
+                  ") ends after %" PRIu32 " of nb_bitmaps %" PRIu32
+                  " entries", img->path, dsize, i, img->nb_bitmaps);
+    b->dir_entry_offset = eoff;
+    b->bitmap_table_offset = get_be64 (e);
+    b->bitmap_table_size = get_be32 (e + 8);
+    b->flags = get_be32 (e + 12);
+    type = e[16];
+    b->granularity_bits = e[17];
+    b->name_size = get_be16 (e + 18);
+    extra = get_be32 (e + 20);
+    if (extra != 0)
+      return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
+                  "): extra_data_size is %" PRIu32 ", extra data is not "
+                  "supported", img->path, i, eoff + 20, extra);
+    esize = ((uint64_t) BME_ENTRY_FIXED + b->name_size + 7) / 8 * 8;
+    if (esize > dsize - pos)
+      return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
+                  ", name_size %" PRIu16 ") runs past the end of the "
+                  "directory (broken bitmap directory)", img->path, i, eoff,
+                  b->name_size);
+    if (b->name_size == 0)
+      return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
+                  "): name_size is 0, names must not be empty", img->path, i,
+                  eoff + 18);
+    if (b->name_size > BME_MAX_NAME_SIZE)
+      return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
+                  "): name_size is %" PRIu16 ", the maximum is 1023",
+                  img->path, i, eoff + 18, b->name_size);
+    b->name = strndup ((const char *) e + BME_ENTRY_FIXED, b->name_size);
+    if (b->name == NULL)
+      return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+    if (strlen (b->name) != b->name_size)
+      return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
+                  "): the name contains a NUL byte", img->path, i, eoff + 24);
+    for (k = BME_ENTRY_FIXED + b->name_size; k < esize; ++k)
+      if (e[k] != 0)
+        return BAD ("%s: bitmap '%s': padding byte at offset 0x%" PRIx64
+                    " is 0x%02x, must be 0", img->path, b->name, eoff + k,
+                    e[k]);
+    if (type != BME_TYPE_DIRTY_TRACKING)
+      return BAD ("%s: bitmap '%s': type (offset 0x%" PRIx64 ") is %u, must "
+                  "be 1 (dirty tracking)", img->path, b->name, eoff + 16, type);
+    if (b->flags & ~(BME_FLAG_IN_USE | BME_FLAG_AUTO))
+      return BAD ("%s: bitmap '%s': flags (offset 0x%" PRIx64 ") is 0x%"
+                  PRIx32 ": reserved bits set", img->path, b->name, eoff + 12,
+                  b->flags);
+    if (b->granularity_bits < BME_MIN_GRANULARITY_BITS ||
+        b->granularity_bits > BME_MAX_GRANULARITY_BITS)
+      return BAD ("%s: bitmap '%s': granularity_bits (offset 0x%" PRIx64
+                  ") is %u, outside 9..31", img->path, b->name, eoff + 17,
+                  b->granularity_bits);
+    if (b->bitmap_table_offset == 0 ||
+        b->bitmap_table_offset & (img->cluster_size - 1))
+      return BAD ("%s: bitmap '%s': bitmap_table_offset (offset 0x%" PRIx64
+                  ") is 0x%" PRIx64 ": must be non-zero and cluster-aligned",
+                  img->path, b->name, eoff, b->bitmap_table_offset);
+    if (b->bitmap_table_size == 0 ||
+        b->bitmap_table_size > BME_MAX_TABLE_SIZE ||
+        ((uint64_t) b->bitmap_table_size << img->cluster_bits) >
+        BME_MAX_PHYS_SIZE)
+      return BAD ("%s: bitmap '%s': bitmap_table_size (offset 0x%" PRIx64
+                  ") is %" PRIu32 ": must be 1..%" PRIu64, img->path, b->name,
+                  eoff + 8, b->bitmap_table_size,
+                  BME_MAX_PHYS_SIZE >> img->cluster_bits);
+    for (j = 0; j < i; ++j)
+      if (strcmp (img->bitmaps[j].name, b->name) == 0)
+        return BAD ("%s: bitmap name '%s' (directory entry %" PRIu32
+                    ", offset 0x%" PRIx64 ") is used twice", img->path,
+                    b->name, i, eoff);
+    b->inconsistent = (b->flags & BME_FLAG_IN_USE) || img->ext_inconsistent;
+    if (!(b->flags & BME_FLAG_IN_USE)) {
+      uint64_t want = qcow2_required_table_size (img->size, b->granularity_bits,
+                                                 img->cluster_bits);
+      if (b->bitmap_table_size != want)
+        return BAD ("%s: bitmap '%s': bitmap_table_size (offset 0x%" PRIx64
+                    ") is %" PRIu32 ", the virtual size %" PRIu64 " at "
+                    "granularity %" PRIu64 " needs exactly %" PRIu64,
+                    img->path, b->name, eoff + 8, b->bitmap_table_size,
+                    img->size, UINT64_C (1) << b->granularity_bits, want);
+    }
+    pos += esize;
+  }
+  if (pos != dsize)
+    return BAD ("%s: bitmap_directory_size is %" PRIu64 " but the %" PRIu32
+                " entries take %" PRIu64 " bytes (more bitmaps found than "
+                "nb_bitmaps says)", img->path, dsize, img->nb_bitmaps, pos);
+  return 0;
+}
+
+/* Read each bitmap table, check its entries, count its references. */
+static int
+parse_tables (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
+{
+  uint32_t i, j;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8;
+    CLEANUP_FREE unsigned char *raw = malloc (tbytes);
+
+    b->table = malloc (tbytes);
+    if (raw == NULL || b->table == NULL)
+      return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+    if (add_ref (img, refs, b->bitmap_table_offset,
+                 (tbytes + img->cluster_size - 1) >> img->cluster_bits,
+                 "bitmap table", err) == -1 ||
+        read_struct (img, b->bitmap_table_offset, raw, tbytes, "bitmap table",
+                     err) == -1)
+      return -1;
+    for (j = 0; j < b->bitmap_table_size; ++j) {
+      uint64_t e = get_be64 (raw + (uint64_t) j * 8);
+      uint64_t eoff = b->bitmap_table_offset + (uint64_t) j * 8;
+
+      b->table[j] = e;
+      if (e & BME_TABLE_RESERVED)
+        return BAD ("%s: bitmap '%s': table entry %" PRIu32 " (offset 0x%"
+                    PRIx64 ") is 0x%" PRIx64 ": reserved bits set", img->path,
+                    b->name, j, eoff, e);
+      if ((e & QCOW2_OFFSET_MASK) == 0)
+        continue;
+      if (e & BME_TABLE_ALL_ONES)
+        return BAD ("%s: bitmap '%s': table entry %" PRIu32 " (offset 0x%"
+                    PRIx64 ") is 0x%" PRIx64 ": bit 0 must be 0 when an "
+                    "offset is present", img->path, b->name, j, eoff, e);
+      if (add_ref (img, refs, e & QCOW2_OFFSET_MASK, 1, "bitmap data cluster",
+                   err) == -1)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+/* Compare every cluster's refcount with the references counted. */
+static int
+check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
+                 struct dbm_err *err)
+{
+  uint64_t rt_bytes = (uint64_t) img->refcount_table_clusters
+    << img->cluster_bits;
+  unsigned rbits = 1U << img->refcount_order, rbytes = rbits / 8;
+  uint64_t per_block = (img->cluster_size * 8) >> img->refcount_order;
+  CLEANUP_FREE unsigned char *rt = NULL;
+  CLEANUP_FREE unsigned char *blk = NULL;
+  CLEANUP_FREE uint64_t *blocks = NULL;
+  uint64_t nentries = rt_bytes / 8, i, j;
+
+  if (rt_bytes > img->file_size)
+    return BAD ("%s: refcount_table_clusters (offset 56) is %" PRIu32
+                ": the table would run past the end of the file",
+                img->path, img->refcount_table_clusters);
+  if (add_ref (img, refs, img->refcount_table_offset,
+               img->refcount_table_clusters, "refcount table", err) == -1)
+    return -1;
+  rt = malloc (rt_bytes);
+  blk = malloc (img->cluster_size);
+  blocks = calloc (nentries, sizeof *blocks);
+  if (rt == NULL || blk == NULL || blocks == NULL)
+    return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+  if (read_struct (img, img->refcount_table_offset, rt, rt_bytes,
+                   "refcount table", err) == -1)
+    return -1;
+  for (i = 0; i < nentries; ++i) {
+    uint64_t e = get_be64 (rt + i * 8);
+    if (e == 0)
+      continue;
+    if (e & ~QCOW2_OFFSET_MASK || e & (img->cluster_size - 1))
+      return BAD ("%s: refcount table entry %" PRIu64 " (offset 0x%" PRIx64
+                  ") is 0x%" PRIx64 ": not a cluster-aligned offset",
+                  img->path, i, img->refcount_table_offset + i * 8, e);
+    if (add_ref (img, refs, e, 1, "refcount block", err) == -1)
+      return -1;
+    blocks[i] = e;
+  }
+
+  for (i = 0; i < nentries; ++i) {
+    if (blocks[i] == 0) {
+      /* No block: refcount 0 for the clusters it would cover. */
+      for (j = 0; j < per_block && i * per_block + j < nclusters; ++j) {
+        uint64_t c = i * per_block + j;
+        if (refs[c])
+          return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced but "
+                      "has no refcount block (refcount 0)", img->path,
+                      c << img->cluster_bits);
+      }
+      continue;
+    }
+    if (qcow2_pread_full (img->fd, blk, img->cluster_size, blocks[i]) == -1)
+      return dbm_seterr (err, errno, "%s: read refcount block at 0x%" PRIx64
+                         ": %m", img->path, blocks[i]);
+    for (j = 0; j < per_block; ++j) {
+      uint64_t c = i * per_block + j, rc = 0;
+      unsigned k;
+
+      for (k = 0; k < rbytes; ++k)
+        rc = rc << 8 | blk[j * rbytes + k];
+      if (c >= nclusters) {
+        if (rc) {
+          if (img->leaked_clusters++ == 0)
+            img->first_leak = c << img->cluster_bits;
+        }
+        continue;
+      }
+      if (refs[c] && rc == 0)
+        return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced but "
+                    "its refcount is 0", img->path, c << img->cluster_bits);
+      if (refs[c] > rc)
+        return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced %u "
+                    "times but its refcount is %" PRIu64, img->path,
+                    c << img->cluster_bits, refs[c], rc);
+      if (rc > refs[c]) {
+        if (img->leaked_clusters++ == 0)
+          img->first_leak = c << img->cluster_bits;
+      }
+    }
+  }
+  /* Clusters of the file beyond what the refcount table can describe. */
+  for (i = nentries * per_block; i < nclusters; ++i)
+    if (refs[i])
+      return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced but "
+                  "lies beyond the refcount table's reach", img->path,
+                  i << img->cluster_bits);
+  return 0;
+}
+
+/* Load the contents of each consistent bitmap. */
+static int
+load_data (struct qcow2_image *img, struct dbm_err *err)
+{
+  CLEANUP_FREE unsigned char *buf = malloc (img->cluster_size);
+  uint32_t i, j;
+
+  if (buf == NULL)
+    return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    uint64_t nbytes;
+
+    if (bitmap_init (&b->bits, qcow2_virtual_size (img),
+                     b->granularity_bits) == -1)
+      return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
+                         b->name);
+    if (b->inconsistent)
+      continue;
+    nbytes = bitmap_data_bytes (&b->bits);
+    for (j = 0; j < b->bitmap_table_size; ++j) {
+      uint64_t off = (uint64_t) j << img->cluster_bits;
+      uint64_t e = b->table[j], len;
+
+      if (off >= nbytes)
+        break;
+      len = nbytes - off < img->cluster_size ? nbytes - off : img->cluster_size;
+      if (e == 0)
+        continue;
+      if (e == BME_TABLE_ALL_ONES)
+        memset (buf, 0xff, len);
+      else if (qcow2_pread_full (img->fd, buf, len, e & QCOW2_OFFSET_MASK)
+               == -1)
+        return dbm_seterr (err, errno, "%s: bitmap '%s': read data cluster "
+                           "at 0x%" PRIx64 ": %m", img->path, b->name,
+                           e & QCOW2_OFFSET_MASK);
+      if (bitmap_import (&b->bits, off, buf, len) == -1)
+        return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
+                           b->name);
+    }
+  }
+  return 0;
+}
+
+int
+qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
+            struct dbm_err *err)
+{
+  struct qcow2_image *img;
+  struct stat st;
+  CLEANUP_FREE unsigned char *c0 = NULL;
+  CLEANUP_FREE uint8_t *refs = NULL;
+  uint64_t nclusters;
+
+  *imgp = NULL;
+  img = calloc (1, sizeof *img);
+  if (img == NULL || (img->path = strdup (path)) == NULL) {
+    free (img);
+    return dbm_seterr (err, ENOMEM, "%s: out of memory", path);
+  }
+  img->fd = open (path, ((flags & QCOW2_OPEN_RW) ? O_RDWR : O_RDONLY) |
+                  O_CLOEXEC);
+  if (img->fd == -1) {
+    dbm_seterr (err, errno, "%s: open: %m", path);
+    goto fail;
+  }
+  if (fstat (img->fd, &st) == -1) {
+    dbm_seterr (err, errno, "%s: stat: %m", path);
+    goto fail;
+  }
+  if (!S_ISREG (st.st_mode)) {
+    dbm_seterr (err, EINVAL, "%s: not a regular file", path);
+    goto fail;
+  }
+  img->file_size = st.st_size;
+  if (img->file_size < 104) {
+    BAD ("%s: file is %" PRIu64 " bytes, too short for a qcow2 header",
+         path, img->file_size);
+    goto fail;
+  }
+  c0 = malloc (UINT64_C (1) << QCOW2_MAX_CLUSTER_BITS);
+  if (c0 == NULL) {
+    dbm_seterr (err, ENOMEM, "%s: out of memory", path);
+    goto fail;
+  }
+  if (qcow2_pread_full (img->fd, c0, 104, 0) == -1) {
+    dbm_seterr (err, errno, "%s: read header: %m", path);
+    goto fail;
+  }
+  if (parse_header (img, c0, err) == -1)
+    goto fail;
+  if (qcow2_pread_full (img->fd, c0, img->cluster_size, 0) == -1) {
+    dbm_seterr (err, errno, "%s: read header: %m", path);
+    goto fail;
+  }
+  if (parse_extensions (img, c0, err) == -1)
+    goto fail;
+  if (img->has_bitmaps_ext && !(img->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+    img->ext_inconsistent = true;
+  if (!img->has_bitmaps_ext && (img->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+    img->autoclear_without_ext = true;
+
+  nclusters = (img->file_size + img->cluster_size - 1) >> img->cluster_bits;
+  refs = calloc (nclusters, 1);
+  if (refs == NULL) {
+    dbm_seterr (err, ENOMEM, "%s: out of memory", path);
+    goto fail;
+  }
+  if (add_ref (img, refs, 0, 1, "header", err) == -1 ||
+      walk_l1 (img, refs, err) == -1)
+    goto fail;
+  /* With autoclear bit 0 clear QEMU ignores the extension, so its clusters
+   * count as unreferenced (leaked), exactly as qemu-img check says.
+   */
+  if (img->has_bitmaps_ext && !img->ext_inconsistent) {
+    if (parse_directory (img, refs, err) == -1 ||
+        parse_tables (img, refs, err) == -1)
+      goto fail;
+  }
+  else if (img->has_bitmaps_ext) {
+    CLEANUP_FREE uint8_t *scratch = calloc (nclusters, 1);
+    struct dbm_err ignored;
+    uint32_t i;
+
+    /* QEMU ignores the extension when bit 0 is clear; parse the directory
+     * only to report names, into a scratch reference map, and drop it if
+     * it does not parse.
+     */
+    if (scratch == NULL) {
+      dbm_seterr (err, ENOMEM, "%s: out of memory", path);
+      goto fail;
+    }
+    if (parse_directory (img, scratch, &ignored) == -1 ||
+        parse_tables (img, scratch, &ignored) == -1) {
+      for (i = 0; img->bitmaps && i < img->nb_bitmaps; ++i) {
+        free (img->bitmaps[i].name);
+        free (img->bitmaps[i].table);
+      }
+      free (img->bitmaps);
+      img->bitmaps = NULL;
+      img->nb_bitmaps = 0;
+    }
+  }
+  if (flags & QCOW2_OPEN_LOAD_IN_USE) {
+    uint32_t i;
+    for (i = 0; i < img->nb_bitmaps; ++i) {
+      struct qcow2_bitmap *b = &img->bitmaps[i];
+      if (b->inconsistent && !img->ext_inconsistent &&
+          b->bitmap_table_size ==
+          qcow2_required_table_size (img->size, b->granularity_bits,
+                                     img->cluster_bits))
+        b->inconsistent = false;
+    }
+  }
+  if (check_refcounts (img, refs, nclusters, err) == -1 ||
+      load_data (img, err) == -1)
+    goto fail;
+  *imgp = img;
+  return 0;
+
+ fail:
+  qcow2_close (img);
+  return -1;
+}
+
+struct qcow2_image *
+qcow2_new (uint64_t size, unsigned cluster_bits, struct dbm_err *err)
+{
+  struct qcow2_image *img;
+
+  if (cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+      cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+    BAD ("cluster size 2^%u is outside 512 bytes .. 2 MiB", cluster_bits);
+    return NULL;
+  }
+  if (size > (UINT64_C (1) << 62)) {
+    BAD ("size %" PRIu64 " is too large", size);
+    return NULL;
+  }
+  img = calloc (1, sizeof *img);
+  if (img == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  img->fd = -1;
+  img->cluster_bits = cluster_bits;
+  img->cluster_size = UINT64_C (1) << cluster_bits;
+  img->size = (size + 511) & ~UINT64_C (511);
+  img->refcount_order = 4;
+  img->header_length = QCOW2_HEADER_LENGTH;
+  return img;
+}
+
+static void
+free_bitmap (struct qcow2_bitmap *b)
+{
+  free (b->name);
+  free (b->table);
+  bitmap_free (&b->bits);
+}
+
+void
+qcow2_close (struct qcow2_image *img)
+{
+  uint32_t i;
+
+  if (img == NULL)
+    return;
+  if (img->fd >= 0)
+    close (img->fd);
+  for (i = 0; img->bitmaps && i < img->nb_bitmaps; ++i)
+    free_bitmap (&img->bitmaps[i]);
+  free (img->bitmaps);
+  free (img->path);
+  free (img);
+}
+
+int
+qcow2_find_bitmap (const struct qcow2_image *img, const char *name)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    if (strcmp (img->bitmaps[i].name, name) == 0)
+      return i;
+  return -1;
+}
+
+int
+qcow2_add_bitmap (struct qcow2_image *img, const char *name,
+                  unsigned granularity_bits, uint32_t flags,
+                  struct dbm_err *err)
+{
+  struct qcow2_bitmap *nb, *b;
+
+  if (qcow2_check_bitmap_params (img->size, name, granularity_bits,
+                                 img->cluster_bits, err) == -1)
+    return -1;
+  if (qcow2_find_bitmap (img, name) >= 0)
+    return BAD ("bitmap '%s' already exists", name);
+  if (img->nb_bitmaps >= BME_MAX_BITMAPS)
+    return BAD ("too many bitmaps (the maximum is 65535)");
+  nb = realloc (img->bitmaps, (img->nb_bitmaps + 1) * sizeof *nb);
+  if (nb == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  img->bitmaps = nb;
+  b = &nb[img->nb_bitmaps];
+  memset (b, 0, sizeof *b);
+  b->name = strdup (name);
+  if (b->name == NULL ||
+      bitmap_init (&b->bits, qcow2_virtual_size (img), granularity_bits) == -1) {
+    free (b->name);
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  }
+  b->name_size = strlen (name);
+  b->granularity_bits = granularity_bits;
+  b->flags = flags & (BME_FLAG_AUTO | BME_FLAG_IN_USE);
+  img->nb_bitmaps++;
+  return 0;
+}
+
+void
+qcow2_remove_bitmap (struct qcow2_image *img, int i)
+{
+  free_bitmap (&img->bitmaps[i]);
+  memmove (&img->bitmaps[i], &img->bitmaps[i + 1],
+           (img->nb_bitmaps - i - 1) * sizeof img->bitmaps[0]);
+  img->nb_bitmaps--;
+}

@@ -1,0 +1,415 @@
+/* Writing a bitmap file in the canonical layout, and updating it in place.
+ *
+ * The canonical layout preallocates every bitmap data cluster: each table
+ * entry points at its own cluster, refcount 1, but a clean cluster is never
+ * written and stays a hole in a sparse file.  So while the filter runs,
+ * refcounts, tables and the directory never move: only data bytes and the
+ * 4-byte flags field are rewritten in place, and the file passes
+ * 'qemu-img check' at every instant, even after kill -9.
+ *
+ *   cluster 0        header, bitmaps extension, end marker
+ *   next             L1 table (all zero)
+ *   next             bitmap directory
+ *   per bitmap       bitmap table, then its data clusters, contiguous
+ *   last             refcount table, refcount blocks
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "endian-be.h"
+#include "qcow2.h"
+#include "qcow2-internal.h"
+
+int
+qcow2_pwrite_full (int fd, const void *buf, size_t len, uint64_t off)
+{
+  while (len > 0) {
+    ssize_t r = pwrite (fd, buf, len, off);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    buf = (const char *) buf + r;
+    len -= r;
+    off += r;
+  }
+  return 0;
+}
+
+static uint64_t
+div_up (uint64_t a, uint64_t b)
+{
+  return a / b + (a % b != 0);
+}
+
+static uint64_t
+entry_size (const struct qcow2_bitmap *b)
+{
+  return (BME_ENTRY_FIXED + (uint64_t) b->name_size + 7) / 8 * 8;
+}
+
+/* Assign offsets to every structure; returns the file size in clusters. */
+static int
+layout (struct qcow2_image *img, uint64_t *data_offsets, uint64_t *totalp,
+        struct dbm_err *err)
+{
+  uint64_t C = img->cluster_size, n = 1, dsize = 0, i;
+  uint64_t per_block = C * 8 / 16, rt, nblocks;
+
+  img->l1_size = div_up (qcow2_virtual_size (img), C / 8 * C);
+  img->l1_table_offset = img->l1_size ? n * C : 0;
+  n += div_up ((uint64_t) img->l1_size * 8, C);
+
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    dsize += entry_size (&img->bitmaps[i]);
+  img->has_bitmaps_ext = img->nb_bitmaps > 0;
+  img->bitmap_directory_size = dsize;
+  img->bitmap_directory_offset = dsize ? n * C : 0;
+  n += div_up (dsize, C);
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    uint64_t tsize = qcow2_required_table_size (img->size, b->granularity_bits,
+                                                img->cluster_bits);
+    if (qcow2_check_bitmap_params (img->size, b->name, b->granularity_bits,
+                                   img->cluster_bits, err) == -1)
+      return -1;
+    b->bitmap_table_size = tsize;
+    b->bitmap_table_offset = n * C;
+    n += div_up (tsize * 8, C);
+    data_offsets[i] = n * C;
+    n += tsize;
+  }
+
+  /* The refcount structures need refcounts too: iterate to a fixed point. */
+  rt = 1;
+  nblocks = 1;
+  for (;;) {
+    uint64_t total = n + rt + nblocks;
+    uint64_t want_blocks = div_up (total, per_block);
+    uint64_t want_rt = div_up (want_blocks * 8, C);
+    if (want_blocks <= nblocks && want_rt <= rt)
+      break;
+    nblocks = want_blocks > nblocks ? want_blocks : nblocks;
+    rt = want_rt > rt ? want_rt : rt;
+  }
+  img->refcount_table_offset = n * C;
+  img->refcount_table_clusters = rt;
+  img->refcount_order = 4;
+  *totalp = n + rt + nblocks;
+  return 0;
+}
+
+static int
+write_header (struct qcow2_image *img, int fd, struct dbm_err *err)
+{
+  CLEANUP_FREE unsigned char *h = calloc (1, img->cluster_size);
+  uint64_t off = QCOW2_HEADER_LENGTH;
+
+  if (h == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  img->header_length = QCOW2_HEADER_LENGTH;
+  img->incompatible_features = 0;
+  img->compatible_features = 0;
+  img->autoclear_features = img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0;
+  put_be32 (h, QCOW2_MAGIC);
+  put_be32 (h + 4, QCOW2_VERSION);
+  put_be32 (h + 20, img->cluster_bits);
+  put_be64 (h + 24, img->size);
+  put_be32 (h + 36, img->l1_size);
+  put_be64 (h + 40, img->l1_table_offset);
+  put_be64 (h + 48, img->refcount_table_offset);
+  put_be32 (h + 56, img->refcount_table_clusters);
+  put_be64 (h + 88, img->autoclear_features);
+  put_be32 (h + 96, img->refcount_order);
+  put_be32 (h + 100, img->header_length);
+  if (img->nb_bitmaps) {
+    put_be32 (h + off, QCOW2_EXT_BITMAPS);
+    put_be32 (h + off + 4, BME_EXT_LENGTH);
+    put_be32 (h + off + 8, img->nb_bitmaps);
+    put_be64 (h + off + 16, img->bitmap_directory_size);
+    put_be64 (h + off + 24, img->bitmap_directory_offset);
+    off += 8 + BME_EXT_LENGTH;
+  }
+  off += 8;                     /* end marker: already zero */
+  if (qcow2_pwrite_full (fd, h, off, 0) == -1)
+    return dbm_seterr (err, errno, "write header: %m");
+  return 0;
+}
+
+static int
+write_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
+{
+  CLEANUP_FREE unsigned char *d = NULL;
+  uint64_t pos = 0, i;
+
+  if (img->nb_bitmaps == 0)
+    return 0;
+  d = calloc (1, img->bitmap_directory_size);
+  if (d == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    unsigned char *e = d + pos;
+
+    b->dir_entry_offset = img->bitmap_directory_offset + pos;
+    put_be64 (e, b->bitmap_table_offset);
+    put_be32 (e + 8, b->bitmap_table_size);
+    put_be32 (e + 12, b->flags);
+    e[16] = BME_TYPE_DIRTY_TRACKING;
+    e[17] = b->granularity_bits;
+    put_be16 (e + 18, b->name_size);
+    memcpy (e + BME_ENTRY_FIXED, b->name, b->name_size);
+    pos += entry_size (b);
+  }
+  if (qcow2_pwrite_full (fd, d, pos, img->bitmap_directory_offset) == -1)
+    return dbm_seterr (err, errno, "write bitmap directory: %m");
+  return 0;
+}
+
+/* Write the table (every entry allocated) and the non-empty data leaves. */
+static int
+write_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
+              uint64_t data_offset, struct dbm_err *err)
+{
+  uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8, j, leaf;
+  CLEANUP_FREE unsigned char *t = malloc (tbytes);
+  uint64_t *table = malloc (tbytes);
+  unsigned char buf[BITMAP_LEAF_BYTES];
+
+  if (t == NULL || table == NULL) {
+    free (table);
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  }
+  for (j = 0; j < b->bitmap_table_size; ++j) {
+    table[j] = data_offset + (j << img->cluster_bits);
+    put_be64 (t + j * 8, table[j]);
+  }
+  free (b->table);
+  b->table = table;
+  if (qcow2_pwrite_full (fd, t, tbytes, b->bitmap_table_offset) == -1)
+    return dbm_seterr (err, errno, "write bitmap table of '%s': %m", b->name);
+  if (b->inconsistent)
+    return 0;
+  for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
+    uint64_t boff = leaf * BITMAP_LEAF_BYTES;
+    uint64_t len = bitmap_data_bytes (&b->bits) - boff;
+
+    bitmap_take_changed (&b->bits, leaf);
+    if (!bitmap_leaf_present (&b->bits, leaf))
+      continue;
+    if (len > BITMAP_LEAF_BYTES)
+      len = BITMAP_LEAF_BYTES;
+    bitmap_export (&b->bits, boff, buf, len);
+    if (qcow2_pwrite_full (fd, buf, len, data_offset + boff) == -1)
+      return dbm_seterr (err, errno, "write data of bitmap '%s': %m", b->name);
+  }
+  atomic_store (&b->bits.any_changed, false);
+  return 0;
+}
+
+static int
+write_refcounts (struct qcow2_image *img, int fd, uint64_t total,
+                 struct dbm_err *err)
+{
+  uint64_t C = img->cluster_size, per_block = C / 2;
+  uint64_t rt_off = img->refcount_table_offset;
+  uint64_t blk_off = rt_off + (uint64_t) img->refcount_table_clusters * C;
+  uint64_t nblocks = div_up (total, per_block), i, j;
+  CLEANUP_FREE unsigned char *rt = calloc (img->refcount_table_clusters, C);
+  CLEANUP_FREE unsigned char *blk = malloc (C);
+
+  if (rt == NULL || blk == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  for (i = 0; i < nblocks; ++i) {
+    put_be64 (rt + i * 8, blk_off + i * C);
+    memset (blk, 0, C);
+    for (j = 0; j < per_block && i * per_block + j < total; ++j)
+      put_be16 (blk + j * 2, 1);
+    if (qcow2_pwrite_full (fd, blk, C, blk_off + i * C) == -1)
+      return dbm_seterr (err, errno, "write refcount block: %m");
+  }
+  if (qcow2_pwrite_full (fd, rt, (uint64_t) img->refcount_table_clusters * C,
+                         rt_off) == -1)
+    return dbm_seterr (err, errno, "write refcount table: %m");
+  return 0;
+}
+
+/* Write the whole model to FD (an empty file). */
+static int
+write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
+{
+  CLEANUP_FREE uint64_t *data_offsets =
+    calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  uint64_t total, i;
+
+  if (data_offsets == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  if (layout (img, data_offsets, &total, err) == -1)
+    return -1;
+  if (ftruncate (fd, total << img->cluster_bits) == -1)
+    return dbm_seterr (err, errno, "extend file to %" PRIu64 " bytes: %m",
+                       total << img->cluster_bits);
+  if (write_header (img, fd, err) == -1 ||
+      write_directory (img, fd, err) == -1)
+    return -1;
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    if (write_bitmap (img, fd, &img->bitmaps[i], data_offsets[i], err) == -1)
+      return -1;
+  if (write_refcounts (img, fd, total, err) == -1)
+    return -1;
+  img->file_size = total << img->cluster_bits;
+  img->leaked_clusters = 0;
+  img->autoclear_without_ext = false;
+  img->ext_inconsistent = false;
+  img->data_clusters = 0;
+  return 0;
+}
+
+int
+qcow2_commit (struct qcow2_image *img, const char *path,
+              int (*lock_fd_cb) (int fd, struct dbm_err *err),
+              struct dbm_err *err)
+{
+  CLEANUP_FREE char *tmp = NULL;
+  CLEANUP_FREE char *dircopy = NULL;
+  struct stat st;
+  mode_t mode = 0644;
+  int fd, dfd;
+  char *p;
+
+  if (img->data_clusters)
+    return dbm_seterr (err, EINVAL, "%s: the file holds %" PRIu64 " clusters "
+                       "of guest data; refusing to rewrite it as a bitmap-only "
+                       "file", path, img->data_clusters);
+  if (stat (path, &st) == 0)
+    mode = st.st_mode & 07777;
+  if (asprintf (&tmp, "%s.tmpXXXXXX", path) == -1)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  fd = mkstemp (tmp);
+  if (fd == -1)
+    return dbm_seterr (err, errno, "%s: create temporary file: %m", tmp);
+  if (fchmod (fd, mode) == -1) {
+    dbm_seterr (err, errno, "%s: chmod: %m", tmp);
+    goto fail;
+  }
+  if (lock_fd_cb && lock_fd_cb (fd, err) == -1)
+    goto fail;
+  if (write_image (img, fd, err) == -1)
+    goto fail;
+  if (fsync (fd) == -1) {
+    dbm_seterr (err, errno, "%s: fsync: %m", tmp);
+    goto fail;
+  }
+  if (rename (tmp, path) == -1) {
+    dbm_seterr (err, errno, "rename %s to %s: %m", tmp, path);
+    goto fail;
+  }
+  /* Make the rename itself durable. */
+  dircopy = strdup (path);
+  if (dircopy == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    close (fd);
+    return -1;
+  }
+  p = dirname (dircopy);
+  dfd = open (p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd == -1 || fsync (dfd) == -1) {
+    dbm_seterr (err, errno, "%s: fsync directory: %m", p);
+    if (dfd >= 0)
+      close (dfd);
+    close (fd);
+    return -1;
+  }
+  close (dfd);
+  if (img->fd >= 0)
+    close (img->fd);
+  img->fd = fd;
+  if (img->path == NULL || strcmp (img->path, path) != 0) {
+    free (img->path);
+    img->path = strdup (path);
+  }
+  return 0;
+
+ fail:
+  close (fd);
+  unlink (tmp);
+  return -1;
+}
+
+int
+qcow2_write_flags (struct qcow2_image *img, int i, uint32_t flags,
+                   struct dbm_err *err)
+{
+  struct qcow2_bitmap *b = &img->bitmaps[i];
+  unsigned char be[4];
+
+  /* One aligned 4-byte write: atomic against a crash at any instant. */
+  put_be32 (be, flags);
+  if (qcow2_pwrite_full (img->fd, be, 4, b->dir_entry_offset + 12) == -1)
+    return dbm_seterr (err, errno, "%s: write flags of bitmap '%s': %m",
+                       img->path, b->name);
+  b->flags = flags;
+  return 0;
+}
+
+int
+qcow2_write_data (struct qcow2_image *img, int i, uint64_t byte_offset,
+                  const unsigned char *buf, size_t len, struct dbm_err *err)
+{
+  struct qcow2_bitmap *b = &img->bitmaps[i];
+
+  while (len > 0) {
+    uint64_t j = byte_offset >> img->cluster_bits;
+    uint64_t in = byte_offset & (img->cluster_size - 1);
+    size_t n = img->cluster_size - in;
+    uint64_t host;
+
+    if (n > len)
+      n = len;
+    if (j >= b->bitmap_table_size ||
+        (host = b->table[j] & QCOW2_OFFSET_MASK) == 0)
+      return dbm_seterr (err, EINVAL, "%s: bitmap '%s': data cluster %" PRIu64
+                         " is not allocated", img->path, b->name, j);
+    if (qcow2_pwrite_full (img->fd, buf, n, host + in) == -1)
+      return dbm_seterr (err, errno, "%s: write data of bitmap '%s': %m",
+                         img->path, b->name);
+    buf += n;
+    len -= n;
+    byte_offset += n;
+  }
+  return 0;
+}
+
+int
+qcow2_sync (struct qcow2_image *img, struct dbm_err *err)
+{
+  if (fdatasync (img->fd) == -1)
+    return dbm_seterr (err, errno, "%s: fdatasync: %m", img->path);
+  return 0;
+}
+
+int
+qcow2_write_autoclear (struct qcow2_image *img, uint64_t value,
+                       struct dbm_err *err)
+{
+  unsigned char be[8];
+
+  put_be64 (be, value);
+  if (qcow2_pwrite_full (img->fd, be, 8, 88) == -1 || fdatasync (img->fd) == -1)
+    return dbm_seterr (err, errno, "%s: write autoclear_features: %m",
+                       img->path);
+  img->autoclear_features = value;
+  img->autoclear_without_ext = false;
+  return 0;
+}

@@ -1,0 +1,168 @@
+/* The qcow2 persistent-bitmaps file: in-memory model and operations.
+ *
+ * Field names follow the qcow2 specification (docs/interop/qcow2.txt in
+ * QEMU) so a reader who knows the spec can grep for them.
+ */
+#ifndef DBM_QCOW2_H
+#define DBM_QCOW2_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bitmap.h"
+#include "dbm-error.h"
+
+#define QCOW2_MAGIC                 0x514649fbU
+#define QCOW2_VERSION               3
+#define QCOW2_HEADER_LENGTH         112
+#define QCOW2_EXT_END               0x00000000U
+#define QCOW2_EXT_BITMAPS           0x23852875U
+#define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
+#define QCOW2_AUTOCLEAR_BITMAPS     UINT64_C (1)
+#define QCOW2_INCOMPAT_DIRTY        UINT64_C (1)
+#define QCOW2_INCOMPAT_CORRUPT      UINT64_C (2)
+#define QCOW2_INCOMPAT_DATA_FILE    UINT64_C (4)
+#define QCOW2_INCOMPAT_COMPRESSION  UINT64_C (8)
+#define QCOW2_INCOMPAT_EXTL2        UINT64_C (16)
+#define QCOW2_OFFSET_MASK           UINT64_C (0x00fffffffffffe00)
+#define QCOW2_MIN_CLUSTER_BITS      9
+#define QCOW2_MAX_CLUSTER_BITS      21
+#define QCOW2_DEFAULT_CLUSTER_BITS  16
+#define QCOW2_MAX_L1_BYTES          (UINT64_C (32) << 20)
+
+/* The bitmaps extension of the layout QEMU ships. */
+#define BME_EXT_LENGTH              24
+#define BME_DRAFT_EXT_LENGTH        16
+#define BME_MAX_BITMAPS             65535
+#define BME_MAX_DIRECTORY_SIZE      (UINT64_C (1024) * 65535)
+#define BME_ENTRY_FIXED             24
+#define BME_MAX_NAME_SIZE           1023
+#define BME_MAX_TABLE_SIZE          UINT32_C (0x8000000)
+#define BME_MAX_PHYS_SIZE           UINT64_C (0x20000000)
+#define BME_MIN_GRANULARITY_BITS    9
+#define BME_MAX_GRANULARITY_BITS    31
+#define BME_FLAG_IN_USE             UINT32_C (1)
+#define BME_FLAG_AUTO               UINT32_C (2)
+#define BME_TYPE_DIRTY_TRACKING     1
+#define BME_TABLE_ALL_ONES          UINT64_C (1)
+#define BME_TABLE_RESERVED          UINT64_C (0xff000000000001fe)
+
+struct qcow2_bitmap {
+  char *name;                   /* NUL-terminated copy of the name */
+  uint16_t name_size;
+  uint8_t granularity_bits;
+  uint32_t flags;               /* BME_FLAG_* */
+  uint64_t bitmap_table_offset;
+  uint32_t bitmap_table_size;
+  uint64_t *table;              /* bitmap_table_size entries, host order */
+  uint64_t dir_entry_offset;    /* file offset of the directory entry */
+  /* Contents.  For an inconsistent bitmap (in_use on disk, or autoclear bit
+   * 0 clear) the data is unknown; bits is still allocated but not loaded.
+   */
+  bool inconsistent;
+  struct bitmap bits;
+};
+
+struct qcow2_image {
+  char *path;
+  int fd;                       /* -1 for an image built in memory */
+
+  uint32_t cluster_bits;
+  uint64_t cluster_size;
+  uint64_t size;                /* the header's size field */
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t refcount_order;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t header_length;
+  uint64_t file_size;
+
+  bool has_bitmaps_ext;
+  uint64_t bitmap_directory_offset;
+  uint64_t bitmap_directory_size;
+  uint32_t nb_bitmaps;
+  struct qcow2_bitmap *bitmaps;
+
+  /* Findings of the consistency check that do not stop a read. */
+  uint64_t data_clusters;       /* guest data referenced through L1/L2 */
+  uint64_t leaked_clusters;     /* refcount > 0, never referenced */
+  uint64_t first_leak;          /* offset of the first leaked cluster */
+  bool autoclear_without_ext;   /* bit 0 set, no bitmaps extension */
+  bool ext_inconsistent;        /* extension present, bit 0 clear */
+};
+
+/* QEMU's view of the disk: the header size truncated to 512-byte sectors. */
+static inline uint64_t
+qcow2_virtual_size (const struct qcow2_image *img)
+{
+  return img->size & ~UINT64_C (511);
+}
+
+/* The exact bitmap_table_size QEMU requires for a consistent bitmap. */
+extern uint64_t qcow2_required_table_size (uint64_t size,
+                                           unsigned granularity_bits,
+                                           unsigned cluster_bits);
+
+/* Check a prospective bitmap against QEMU's limits for an image of SIZE
+ * bytes; names the key (name or granularity) on failure.
+ */
+extern int qcow2_check_bitmap_params (uint64_t size, const char *name,
+                                      unsigned granularity_bits,
+                                      unsigned cluster_bits,
+                                      struct dbm_err *err);
+
+/* Open and fully validate PATH.  With QCOW2_OPEN_RW the descriptor is
+ * opened O_RDWR (locking is the caller's business).  Every bitmap that is
+ * not inconsistent is loaded into memory; with QCOW2_OPEN_LOAD_IN_USE an
+ * in_use bitmap whose table has the exact size is loaded too (its last
+ * persisted contents, which may be stale: for diagnostics and tests).
+ */
+#define QCOW2_OPEN_RW           1
+#define QCOW2_OPEN_LOAD_IN_USE  2
+extern int qcow2_open (const char *path, unsigned flags,
+                       struct qcow2_image **imgp, struct dbm_err *err);
+
+/* An empty image model (not yet on disk) of SIZE bytes (rounded up to
+ * 512) with cluster size 1 << CLUSTER_BITS.
+ */
+extern struct qcow2_image *qcow2_new (uint64_t size, unsigned cluster_bits,
+                                      struct dbm_err *err);
+
+extern void qcow2_close (struct qcow2_image *img);
+
+extern int qcow2_find_bitmap (const struct qcow2_image *img,
+                              const char *name);
+
+/* Add an empty bitmap to the model. */
+extern int qcow2_add_bitmap (struct qcow2_image *img, const char *name,
+                             unsigned granularity_bits, uint32_t flags,
+                             struct dbm_err *err);
+extern void qcow2_remove_bitmap (struct qcow2_image *img, int i);
+
+/* Write the model as a complete new file at PATH, atomically: a temporary
+ * file in the same directory, fsync, rename, fsync of the directory.
+ * Afterwards img->fd is the new file (O_RDWR) and every offset in the model
+ * describes it.  If LOCK_FD_CB is set it is called on the temporary file's
+ * descriptor before the rename, so the new inode is never unlocked.
+ */
+extern int qcow2_commit (struct qcow2_image *img, const char *path,
+                         int (*lock_fd_cb) (int fd, struct dbm_err *err),
+                         struct dbm_err *err);
+
+/* In-place updates of a committed (canonical-layout) file. */
+extern int qcow2_write_flags (struct qcow2_image *img, int i, uint32_t flags,
+                              struct dbm_err *err);
+extern int qcow2_write_data (struct qcow2_image *img, int i,
+                             uint64_t byte_offset, const unsigned char *buf,
+                             size_t len, struct dbm_err *err);
+extern int qcow2_sync (struct qcow2_image *img, struct dbm_err *err);
+
+/* Clear autoclear bit 0 in place (repair of "bit set, no extension"). */
+extern int qcow2_write_autoclear (struct qcow2_image *img, uint64_t value,
+                                  struct dbm_err *err);
+
+#endif /* DBM_QCOW2_H */

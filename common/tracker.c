@@ -1,0 +1,490 @@
+#include <config.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "qemu-lock.h"
+#include "tracker.h"
+
+static void
+nolog (const char *fmt, ...)
+{
+}
+
+static int
+lock_cb (int fd, struct dbm_err *err)
+{
+  return qemu_lock_write (fd, "new bitmap file", err);
+}
+
+static void
+free_tracked (struct tracker *tr)
+{
+  size_t i;
+
+  for (i = 0; i < tr->nt; ++i) {
+    free ((void *) tr->t[i].touched);
+    free ((void *) tr->t[i].armed);
+  }
+  free (tr->t);
+  tr->t = NULL;
+  tr->nt = 0;
+}
+
+void
+tracker_free (struct tracker *tr)
+{
+  if (tr == NULL)
+    return;
+  free_tracked (tr);
+  qcow2_close (tr->img);
+  pthread_mutex_destroy (&tr->persist_lock);
+  pthread_mutex_destroy (&tr->arm_lock);
+  pthread_mutex_destroy (&tr->sync_lock);
+  free (tr);
+}
+
+/* Every enabled (auto) bitmap is tracked, each at its own granularity,
+ * as QEMU does; disabled bitmaps are carried along untouched.
+ */
+static int
+setup_tracked (struct tracker *tr, struct dbm_err *err)
+{
+  struct qcow2_image *img = tr->img;
+  uint32_t i;
+
+  free_tracked (tr);
+  tr->t = calloc (img->nb_bitmaps + 1, sizeof *tr->t);
+  if (tr->t == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    struct tracked *t;
+    uint64_t region_bits, words;
+
+    if (!(b->flags & BME_FLAG_AUTO))
+      continue;
+    t = &tr->t[tr->nt++];
+    t->idx = i;
+    t->bits = &b->bits;
+    /* A region is a whole number of 64-bit words of the bitmap, so that
+     * writing one region's bytes never touches a neighbour's.
+     */
+    region_bits = tr->cfg.region_size >> b->granularity_bits;
+    t->region_shift = 6;
+    while (t->region_shift < 40 &&
+           (UINT64_C (1) << (t->region_shift + 1)) <= region_bits)
+      t->region_shift++;
+    t->nregions = (t->bits->nbits >> t->region_shift) + 1;
+    words = (t->nregions + 63) / 64;
+    t->touched = calloc (words, sizeof (uint64_t));
+    t->armed = calloc (words, sizeof (uint64_t));
+    if (t->touched == NULL || t->armed == NULL)
+      return dbm_seterr (err, ENOMEM, "out of memory");
+  }
+  return 0;
+}
+
+/* Decide what to do with bitmaps whose contents are unknown (in_use on
+ * disk: a crash in qemu mode, or QEMU itself died).  Never trust them.
+ */
+static int
+apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
+{
+  struct qcow2_image *img = tr->img;
+  uint32_t i;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+
+    if (!b->inconsistent)
+      continue;
+    if (tr->cfg.in_use_policy == IN_USE_REFUSE)
+      return dbm_seterr (err, EINVAL, "%s: bitmap '%s' is in use or "
+                         "inconsistent (the previous writer did not shut "
+                         "down cleanly) and bitmap-in-use=refuse is set",
+                         img->path, b->name);
+    if (bitmap_set_bits (&b->bits, 0, UINT64_MAX) == -1)
+      return dbm_seterr (err, ENOMEM, "out of memory");
+    b->inconsistent = false;
+    b->flags &= ~BME_FLAG_IN_USE;
+    tr->cfg.log ("bitmap '%s' in %s was in use (unclean shutdown): "
+                 "marked entirely dirty", b->name, img->path);
+  }
+  return 0;
+}
+
+/* Rewrite the file in the canonical layout, with in_use set on the tracked
+ * bitmaps in qemu mode, then start tracking.
+ */
+static int
+commit_and_track (struct tracker *tr, bool create, struct dbm_err *err)
+{
+  struct qcow2_image *img = tr->img;
+  uint32_t i;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    if (tr->cfg.mode == TRACKER_QEMU && (b->flags & BME_FLAG_AUTO))
+      b->flags |= BME_FLAG_IN_USE;
+  }
+  if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
+    return -1;
+  (void) create;
+  return setup_tracked (tr, err);
+}
+
+int
+tracker_open (const struct tracker_config *cfg, struct tracker **trp,
+              struct dbm_err *err)
+{
+  struct tracker *tr;
+  struct stat st;
+
+  *trp = NULL;
+  tr = calloc (1, sizeof *tr);
+  if (tr == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  tr->cfg = *cfg;
+  if (tr->cfg.log == NULL)
+    tr->cfg.log = nolog;
+  pthread_mutex_init (&tr->persist_lock, NULL);
+  pthread_mutex_init (&tr->arm_lock, NULL);
+  pthread_mutex_init (&tr->sync_lock, NULL);
+
+  if (stat (cfg->path, &st) == -1) {
+    if (errno != ENOENT) {
+      dbm_seterr (err, errno, "%s: %m", cfg->path);
+      goto fail;
+    }
+    *trp = tr;                  /* created in tracker_set_size */
+    return 0;
+  }
+  if (S_ISDIR (st.st_mode)) {
+    dbm_seterr (err, EISDIR, "%s: is a directory, not a bitmap file",
+                cfg->path);
+    goto fail;
+  }
+  if (qcow2_open (cfg->path, QCOW2_OPEN_RW, &tr->img, err) == -1)
+    goto fail;
+  if (qemu_lock_write (tr->img->fd, cfg->path, err) == -1)
+    goto fail;
+  if (tr->img->ext_inconsistent && tr->cfg.in_use_policy == IN_USE_REFUSE) {
+    dbm_seterr (err, EINVAL, "%s: autoclear bit 0 is clear: every bitmap is "
+                "inconsistent", cfg->path);
+    goto fail;
+  }
+  if (apply_in_use_policy (tr, err) == -1)
+    goto fail;
+  if (qcow2_find_bitmap (tr->img, cfg->bitmap_name) < 0 &&
+      qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
+                        BME_FLAG_AUTO, err) == -1)
+    goto fail;
+  if (commit_and_track (tr, false, err) == -1)
+    goto fail;
+  *trp = tr;
+  return 0;
+
+ fail:
+  tracker_free (tr);
+  return -1;
+}
+
+uint64_t
+tracker_size (const struct tracker *tr)
+{
+  return tr->img ? qcow2_virtual_size (tr->img) : 0;
+}
+
+int
+tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
+{
+  uint64_t want = (size + 511) & ~UINT64_C (511);
+
+  if (tr->img) {
+    if (qcow2_virtual_size (tr->img) != want)
+      return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
+                         "up to %" PRIu64 ") does not match the bitmap file's "
+                         "virtual size %" PRIu64, tr->cfg.path, size, want,
+                         qcow2_virtual_size (tr->img));
+    return 0;
+  }
+  tr->img = qcow2_new (size, QCOW2_DEFAULT_CLUSTER_BITS, err);
+  if (tr->img == NULL)
+    return -1;
+  if (qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name,
+                        tr->cfg.granularity_bits, BME_FLAG_AUTO, err) == -1 ||
+      commit_and_track (tr, true, err) == -1) {
+    qcow2_close (tr->img);
+    tr->img = NULL;
+    return -1;
+  }
+  tr->cfg.log ("created %s: virtual size %" PRIu64 ", bitmap '%s'",
+               tr->cfg.path, want, tr->cfg.bitmap_name);
+  return 0;
+}
+
+static inline bool
+region_test (_Atomic uint64_t *a, uint64_t r)
+{
+  return (atomic_load (&a[r >> 6]) >> (r & 63)) & 1;
+}
+
+static inline void
+region_set (_Atomic uint64_t *a, uint64_t r)
+{
+  uint64_t m = UINT64_C (1) << (r & 63);
+  if ((atomic_load (&a[r >> 6]) & m) == 0)
+    atomic_fetch_or (&a[r >> 6], m);
+}
+
+/* Write region R of T on disk as all-ones (bits beyond the disk stay 0),
+ * or as its exact bits.  Caller holds arm_lock.
+ */
+static int
+write_region (struct tracker *tr, struct tracked *t, uint64_t r, bool ones,
+              struct dbm_err *err)
+{
+  uint64_t first = r << t->region_shift;
+  uint64_t nbits = t->bits->nbits;
+  uint64_t last = first + (UINT64_C (1) << t->region_shift);
+  uint64_t off = first / 8, len;
+  CLEANUP_FREE unsigned char *buf = NULL;
+
+  if (first >= nbits)
+    return 0;
+  if (last > nbits)
+    last = nbits;
+  len = (last - first + 7) / 8;
+  buf = malloc (len);
+  if (buf == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  if (ones) {
+    memset (buf, 0xff, len);
+    if ((last - first) % 8)
+      buf[len - 1] = (1U << ((last - first) % 8)) - 1;
+  }
+  else
+    bitmap_export (t->bits, off, buf, len);
+  return qcow2_write_data (tr->img, t->idx, off, buf, len, err);
+}
+
+/* Group commit: one fdatasync covers every write sequenced before it. */
+static int
+sync_upto (struct tracker *tr, uint64_t seq, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
+  uint64_t target;
+
+  if (tr->synced_seq >= seq)
+    return 0;
+  target = atomic_load (&tr->write_seq);
+  if (qcow2_sync (tr->img, err) == -1)
+    return -1;
+  tr->synced_seq = target;
+  return 0;
+}
+
+/* Slow path of a first write into region R: make it all-ones on disk. */
+static int
+arm_region (struct tracker *tr, struct tracked *t, uint64_t r)
+{
+  struct dbm_err err;
+  uint64_t seq;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+    if (region_test (t->armed, r))
+      return 0;
+    if (write_region (tr, t, r, true, &err) == -1) {
+      tr->cfg.log ("%s", err.msg);
+      errno = err.errnum ? err.errnum : EIO;
+      return -1;
+    }
+    seq = atomic_fetch_add (&tr->write_seq, 1) + 1;
+  }
+  if (sync_upto (tr, seq, &err) == -1) {
+    tr->cfg.log ("%s", err.msg);
+    errno = err.errnum ? err.errnum : EIO;
+    return -1;
+  }
+  region_set (t->armed, r);
+  return 0;
+}
+
+int
+tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  size_t i;
+
+  if (count == 0)
+    return 0;
+  for (i = 0; i < tr->nt; ++i) {
+    struct tracked *t = &tr->t[i];
+    uint64_t first, last, r;
+
+    /* Invariant: the bits are set before the write is forwarded, and the
+     * write path never clears them.
+     */
+    if (bitmap_mark (t->bits, offset, count) == -1)
+      return -1;
+    if (tr->cfg.mode != TRACKER_CRASH_SAFE)
+      continue;
+    first = offset >> t->bits->granularity_bits;
+    last = (offset + count - 1) >> t->bits->granularity_bits;
+    if (last >= t->bits->nbits)
+      last = t->bits->nbits ? t->bits->nbits - 1 : 0;
+    /* Order matters (see tracker_persist): fine bits, then touched, then
+     * the armed check, all sequentially consistent.
+     */
+    for (r = first >> t->region_shift; r <= last >> t->region_shift; ++r) {
+      region_set (t->touched, r);
+      if (!region_test (t->armed, r) && arm_region (tr, t, r) == -1)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+bool
+tracker_dirty (struct tracker *tr)
+{
+  size_t i;
+
+  for (i = 0; i < tr->nt; ++i)
+    if (atomic_load (&tr->t[i].bits->any_changed))
+      return true;
+  return false;
+}
+
+/* qemu mode: write every leaf changed since the last persist. */
+static int
+persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
+{
+  unsigned char buf[BITMAP_LEAF_BYTES];
+  size_t i;
+
+  for (i = 0; i < tr->nt; ++i) {
+    struct tracked *t = &tr->t[i];
+    uint64_t leaf, nbytes = bitmap_data_bytes (t->bits);
+
+    if (!atomic_load (&t->bits->any_changed))
+      continue;
+    /* Cleared before the scan: a bit flipped during it sets it again. */
+    atomic_store (&t->bits->any_changed, false);
+    for (leaf = 0; leaf < t->bits->nleaves; ++leaf) {
+      uint64_t off = leaf * BITMAP_LEAF_BYTES;
+      size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
+        : BITMAP_LEAF_BYTES;
+
+      if (!bitmap_take_changed (t->bits, leaf))
+        continue;
+      bitmap_export (t->bits, off, buf, len);
+      if (qcow2_write_data (tr->img, t->idx, off, buf, len, err) == -1) {
+        bitmap_set_changed (t->bits, leaf);
+        return -1;
+      }
+      *wrote = true;
+    }
+  }
+  return 0;
+}
+
+/* crash-safe mode: the persist cut.  Clear "touched"; then each armed
+ * region nobody touched since is disarmed and written exact.  The
+ * disarm-then-recheck of touched pairs with the writer's
+ * set-touched-then-check-armed (both seq_cst), so a concurrent first write
+ * either keeps the region armed or takes the slow path after us.
+ */
+static int
+persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
+{
+  size_t i;
+  uint64_t w, k;
+
+  for (i = 0; i < tr->nt; ++i) {
+    struct tracked *t = &tr->t[i];
+    for (w = 0; w < (t->nregions + 63) / 64; ++w)
+      atomic_exchange (&t->touched[w], 0);
+  }
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+  for (i = 0; i < tr->nt; ++i) {
+    struct tracked *t = &tr->t[i];
+
+    for (w = 0; w < (t->nregions + 63) / 64; ++w) {
+      uint64_t cand = atomic_load (&t->armed[w]) & ~atomic_load (&t->touched[w]);
+      uint64_t keep, gone;
+
+      if (cand == 0)
+        continue;
+      atomic_fetch_and (&t->armed[w], ~cand);
+      keep = cand & atomic_load (&t->touched[w]);
+      if (keep)
+        atomic_fetch_or (&t->armed[w], keep);
+      gone = cand & ~keep;
+      for (k = 0; k < 64; ++k) {
+        if (!((gone >> k) & 1))
+          continue;
+        if (write_region (tr, t, w * 64 + k, false, err) == -1) {
+          /* Still all-ones on disk (or partly exact): still a superset. */
+          atomic_fetch_or (&t->armed[w], gone);
+          return -1;
+        }
+        *wrote = true;
+      }
+    }
+    /* Leaves were written as regions; the changed flags are not needed. */
+    atomic_store (&t->bits->any_changed, false);
+  }
+  if (*wrote && qcow2_sync (tr->img, err) == -1)
+    return -1;
+  return 0;
+}
+
+int
+tracker_persist (struct tracker *tr, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
+  bool wrote = false;
+
+  if (tr->img == NULL)
+    return 0;
+  if (tr->cfg.mode == TRACKER_CRASH_SAFE)
+    return persist_regions (tr, &wrote, err);
+  if (persist_changed_leaves (tr, &wrote, err) == -1)
+    return -1;
+  if (wrote) {
+    tr->persists++;
+    if (qcow2_sync (tr->img, err) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int
+tracker_close (struct tracker *tr, struct dbm_err *err)
+{
+  size_t i;
+  int r = 0;
+
+  if (tr->img && tracker_persist (tr, err) == -1)
+    r = -1;
+  if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU) {
+    /* Only after the data is durable may in_use be cleared. */
+    for (i = 0; i < tr->nt && r == 0; ++i) {
+      struct qcow2_bitmap *b = &tr->img->bitmaps[tr->t[i].idx];
+      r = qcow2_write_flags (tr->img, tr->t[i].idx,
+                             b->flags & ~BME_FLAG_IN_USE, err);
+    }
+    if (r == 0)
+      r = qcow2_sync (tr->img, err);
+  }
+  tracker_free (tr);
+  return r;
+}

@@ -1,0 +1,103 @@
+/* The dirty-tracking engine behind the filter: which bitmaps are tracked,
+ * marking on the write path, and keeping the file in step.  Plain C over
+ * qcow2.h and bitmap.h, no nbdkit, so tests drive it directly.
+ *
+ * Two persistence modes:
+ *
+ * TRACKER_QEMU ("qemu"): QEMU's semantics.  Tracked bitmaps are in_use on
+ * disk while running; a flush writes the changed leaves and syncs; a clean
+ * close clears in_use.  After a crash the bitmap is in_use: unknown.
+ *
+ * TRACKER_CRASH_SAFE ("crash-safe"): the on-disk bitmap is, at every
+ * instant, a superset of every write forwarded, with in_use clear, so QEMU
+ * tools can use it even after kill -9.  Before the first write into a
+ * region (region_size bytes of disk) since the last persist is forwarded,
+ * the region's bits are written all-ones and synced (group commit: one
+ * fdatasync serves every concurrent first touch).  A persist (periodic,
+ * and at close) replaces all-ones by the exact bits in regions not touched
+ * since it began.  After a crash the over-approximation is at most the
+ * regions touched since the last persist.
+ */
+#ifndef DBM_TRACKER_H
+#define DBM_TRACKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qcow2.h"
+
+enum tracker_mode { TRACKER_CRASH_SAFE, TRACKER_QEMU };
+enum tracker_in_use { IN_USE_DIRTY, IN_USE_REFUSE };
+
+struct tracker_config {
+  const char *path;
+  const char *bitmap_name;
+  unsigned granularity_bits;    /* for a bitmap we create */
+  enum tracker_mode mode;
+  enum tracker_in_use in_use_policy;
+  uint64_t region_size;         /* crash-safe: bytes of disk per region */
+  /* Where notable events go (the filter passes nbdkit's logger). */
+  void (*log) (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+};
+
+struct tracked {
+  int idx;                      /* index into img->bitmaps */
+  struct bitmap *bits;
+  unsigned region_shift;        /* log2 of bitmap bits per region */
+  uint64_t nregions;
+  _Atomic uint64_t *touched;    /* regions written since the persist cut */
+  _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
+};
+
+struct tracker {
+  struct tracker_config cfg;
+  struct qcow2_image *img;      /* NULL until the file exists */
+  struct tracked *t;
+  size_t nt;
+  pthread_mutex_t persist_lock; /* one persist at a time */
+  pthread_mutex_t arm_lock;     /* region state changes on disk */
+  pthread_mutex_t sync_lock;    /* group commit of arming writes */
+  _Atomic uint64_t write_seq;
+  uint64_t synced_seq;
+  uint64_t persists;            /* persists that wrote something */
+};
+
+/* Open (and validate) the file if it exists, take QEMU-compatible locks,
+ * apply the in_use policy, add the named bitmap if absent, and rewrite the
+ * file in the canonical layout (atomically).  If the file does not exist,
+ * nothing is created until tracker_set_size.
+ */
+extern int tracker_open (const struct tracker_config *cfg,
+                         struct tracker **trp, struct dbm_err *err);
+
+/* The export size is known: create the file if needed, else check that it
+ * matches the file's virtual size.
+ */
+extern int tracker_set_size (struct tracker *tr, uint64_t size,
+                             struct dbm_err *err);
+
+/* Virtual size of the file, 0 if not created yet. */
+extern uint64_t tracker_size (const struct tracker *tr);
+
+/* The write path: record [offset, offset+count) before it is forwarded.
+ * Returns 0, or -1 with errno set (the request must then fail).
+ */
+extern int tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count);
+
+/* Make the file reflect every bit set before the call began, durably.
+ * In crash-safe mode this also shrinks all-ones regions to exact bits.
+ */
+extern int tracker_persist (struct tracker *tr, struct dbm_err *err);
+
+/* True if a persist would write anything. */
+extern bool tracker_dirty (struct tracker *tr);
+
+/* Final persist; in qemu mode clear in_use.  Frees TR. */
+extern int tracker_close (struct tracker *tr, struct dbm_err *err);
+
+/* Free without touching the file (startup failures, crash simulation). */
+extern void tracker_free (struct tracker *tr);
+
+#endif /* DBM_TRACKER_H */

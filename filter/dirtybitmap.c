@@ -1,0 +1,404 @@
+/* nbdkit dirtybitmap filter: record every write in qcow2 persistent
+ * bitmaps.  A thin adapter: parsing keys, the lifecycle hooks and the data
+ * callbacks; the tracking and the file live in common/tracker.c.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nbdkit-filter.h>
+
+#include "cleanup.h"
+#include "parse-size.h"
+#include "tracker.h"
+
+/* -D dirtybitmap.verbose=1 */
+NBDKIT_DLL_PUBLIC int dirtybitmap_debug_verbose = 0;
+
+static char *bitmap_file;
+static const char *bitmap_name = "dirtybitmap";
+static unsigned granularity_bits = 16;
+static enum tracker_mode mode = TRACKER_CRASH_SAFE;
+static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
+static uint64_t region_size = UINT64_C (64) << 20;
+static unsigned persist_interval = 30;
+
+static struct tracker *tracker;
+static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static atomic_int open_contexts;   /* prepared and not yet finalized */
+
+static pthread_t persist_thread;
+static bool persist_thread_running;
+static atomic_bool persist_thread_stop;
+
+static void
+log_note (const char *fmt, ...)
+{
+  va_list ap;
+  char msg[1024];
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  /* nbdkit has no info level; notes must reach the user without -v. */
+  nbdkit_error ("dirtybitmap: note: %s", msg);
+}
+
+static void
+dirtybitmap_unload (void)
+{
+  /* Never write here: unload also runs for --help and --dump-plugin. */
+  tracker_free (tracker);
+  tracker = NULL;
+  free (bitmap_file);
+}
+
+static int
+dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
+                    const char *key, const char *value)
+{
+  struct dbm_err err;
+  int64_t r;
+
+  if (strcmp (key, "bitmap-file") == 0) {
+    if (*value == '\0') {
+      nbdkit_error ("bitmap-file: must not be empty");
+      return -1;
+    }
+    free (bitmap_file);
+    bitmap_file = nbdkit_absolute_path (value);
+    return bitmap_file ? 0 : -1;
+  }
+  if (strcmp (key, "bitmap-name") == 0) {
+    size_t len = strlen (value);
+    if (len == 0 || len > BME_MAX_NAME_SIZE) {
+      nbdkit_error ("bitmap-name: must be 1..1023 bytes, got %zu", len);
+      return -1;
+    }
+    bitmap_name = value;
+    return 0;
+  }
+  if (strcmp (key, "bitmap-granularity") == 0) {
+    if (dbm_parse_pow2 ("bitmap-granularity", value, 512,
+                        UINT64_C (1) << 31, &granularity_bits, &err) == -1) {
+      nbdkit_error ("%s", err.msg);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "bitmap-mode") == 0) {
+    if (strcmp (value, "crash-safe") == 0)
+      mode = TRACKER_CRASH_SAFE;
+    else if (strcmp (value, "qemu") == 0)
+      mode = TRACKER_QEMU;
+    else {
+      nbdkit_error ("bitmap-mode: '%s' is not crash-safe or qemu", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "bitmap-in-use") == 0) {
+    if (strcmp (value, "dirty") == 0)
+      in_use_policy = IN_USE_DIRTY;
+    else if (strcmp (value, "refuse") == 0)
+      in_use_policy = IN_USE_REFUSE;
+    else {
+      nbdkit_error ("bitmap-in-use: '%s' is not dirty or refuse", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "bitmap-region") == 0) {
+    unsigned bits;
+    if (dbm_parse_pow2 ("bitmap-region", value, 4096, UINT64_C (1) << 50,
+                        &bits, &err) == -1) {
+      nbdkit_error ("%s", err.msg);
+      return -1;
+    }
+    region_size = UINT64_C (1) << bits;
+    return 0;
+  }
+  if (strcmp (key, "bitmap-persist-interval") == 0) {
+    r = nbdkit_parse_size (value);
+    if (r < 1 || r > 86400) {
+      nbdkit_error ("bitmap-persist-interval: '%s' is not a number of "
+                    "seconds in 1..86400", value);
+      return -1;
+    }
+    persist_interval = r;
+    return 0;
+  }
+  return next (nxdata, key, value);
+}
+
+static int
+dirtybitmap_config_complete (nbdkit_next_config_complete *next,
+                             nbdkit_backend *nxdata)
+{
+  if (bitmap_file == NULL) {
+    nbdkit_error ("the bitmap-file parameter is required "
+                  "(bitmap-file=PATH.qcow2)");
+    return -1;
+  }
+  return next (nxdata);
+}
+
+#define dirtybitmap_config_help \
+  "bitmap-file=<PATH>        (required) qcow2 file holding the bitmaps.\n" \
+  "bitmap-name=<NAME>        Bitmap to create if absent (default dirtybitmap).\n" \
+  "bitmap-granularity=<SIZE> Granularity of a created bitmap (default 64K).\n" \
+  "bitmap-mode=crash-safe|qemu  Persistence mode (default crash-safe).\n" \
+  "bitmap-in-use=dirty|refuse   A bitmap found in use (default dirty).\n" \
+  "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write (64M).\n" \
+  "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30)."
+
+/* Open and validate in get_ready, while errors still reach the terminal
+ * and before any client can connect.
+ */
+static int
+dirtybitmap_get_ready (int thread_model)
+{
+  struct tracker_config cfg = {
+    .path = bitmap_file, .bitmap_name = bitmap_name,
+    .granularity_bits = granularity_bits, .mode = mode,
+    .in_use_policy = in_use_policy, .region_size = region_size,
+    .log = log_note,
+  };
+  struct dbm_err err;
+
+  if (tracker_open (&cfg, &tracker, &err) == -1) {
+    nbdkit_error ("%s", err.msg);
+    return -1;
+  }
+  if (dirtybitmap_debug_verbose)
+    nbdkit_debug ("dirtybitmap: %s opened, %zu bitmap(s) tracked, mode %s",
+                  bitmap_file, tracker->nt,
+                  mode == TRACKER_QEMU ? "qemu" : "crash-safe");
+  return 0;
+}
+
+/* Periodic exact persist (crash-safe mode), and an early save when nbdkit
+ * is told to quit while an idle client still holds it open.
+ */
+static void *
+persist_loop (void *arg)
+{
+  unsigned ticks = 0;
+  struct dbm_err err;
+
+  while (!atomic_load (&persist_thread_stop)) {
+    /* nbdkit_nanosleep wakes at SIGTERM even while an idle client keeps
+     * the server up, but logs an error when it does; use it only when a
+     * client is connected, the one case where the early save matters.
+     */
+    if (atomic_load (&open_contexts) == 0) {
+      struct timespec ts = { .tv_sec = 0, .tv_nsec = 200 * 1000 * 1000 };
+      nanosleep (&ts, NULL);
+    }
+    else if (nbdkit_nanosleep (0, 200 * 1000 * 1000) == -1) {
+      if (tracker_persist (tracker, &err) == -1)
+        nbdkit_error ("%s", err.msg);
+      break;
+    }
+    if (mode == TRACKER_CRASH_SAFE && ++ticks >= persist_interval * 5) {
+      ticks = 0;
+      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
+        nbdkit_error ("%s", err.msg);
+    }
+  }
+  return NULL;
+}
+
+static int
+dirtybitmap_after_fork (nbdkit_backend *backend)
+{
+  struct dbm_err err;
+  int r;
+
+  /* A missing file is created now, sized from the export, so that the
+   * first client already finds it (and in_use, in qemu mode) on disk.
+   */
+  if (tracker_size (tracker) == 0) {
+    nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
+    int64_t size;
+
+    if (next == NULL)
+      return -1;
+    if (next->prepare (next) == -1) {
+      nbdkit_next_context_close (next);
+      return -1;
+    }
+    size = next->get_size (next);
+    next->finalize (next);
+    nbdkit_next_context_close (next);
+    if (size == -1)
+      return -1;
+    if (tracker_set_size (tracker, size, &err) == -1) {
+      nbdkit_error ("%s", err.msg);
+      return -1;
+    }
+  }
+  r = pthread_create (&persist_thread, NULL, persist_loop, NULL);
+  if (r != 0) {
+    errno = r;
+    nbdkit_error ("dirtybitmap: create persist thread: %m");
+    return -1;
+  }
+  persist_thread_running = true;
+  return 0;
+}
+
+static void
+dirtybitmap_cleanup (nbdkit_backend *backend)
+{
+  struct dbm_err err;
+
+  if (persist_thread_running) {
+    atomic_store (&persist_thread_stop, true);
+    pthread_join (persist_thread, NULL);
+    persist_thread_running = false;
+  }
+  if (tracker && tracker_close (tracker, &err) == -1)
+    nbdkit_error ("%s", err.msg);
+  tracker = NULL;
+}
+
+/* Each connection must see the size the file was made for. */
+static int
+dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+  struct dbm_err err;
+  int64_t size = next->get_size (next);
+
+  if (size == -1)
+    return -1;
+  if (tracker_set_size (tracker, size, &err) == -1) {
+    nbdkit_error ("%s", err.msg);
+    return -1;
+  }
+  atomic_fetch_add (&open_contexts, 1);
+  return 0;
+}
+
+static int
+dirtybitmap_finalize (nbdkit_next *next, void *handle)
+{
+  atomic_fetch_sub (&open_contexts, 1);
+  return 0;
+}
+
+/* Always advertise flush: a flush is how a client makes the bitmap durable. */
+static int
+dirtybitmap_can_flush (nbdkit_next *next, void *handle)
+{
+  if (next->can_flush (next) == -1)
+    return -1;
+  return 1;
+}
+
+/* In crash-safe mode the file is always a durable superset, so only qemu
+ * mode writes on flush.
+ */
+static int
+save (int *err)
+{
+  struct dbm_err e;
+
+  if (mode != TRACKER_QEMU)
+    return 0;
+  if (tracker_persist (tracker, &e) == -1) {
+    nbdkit_error ("%s", e.msg);
+    *err = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+static int
+dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  int r = next->can_flush (next);
+
+  if (r == -1) {
+    *err = EIO;
+    return -1;
+  }
+  if (r == 1 && next->flush (next, 0, err) == -1)
+    return -1;
+  return save (err);
+}
+
+static int
+mark (uint64_t offset, uint32_t count, int *err)
+{
+  if (dirtybitmap_debug_verbose)
+    nbdkit_debug ("dirtybitmap: mark %" PRIu64 "+%" PRIu32, offset, count);
+  if (tracker_mark (tracker, offset, count) == -1) {
+    *err = errno ? errno : EIO;
+    nbdkit_error ("dirtybitmap: cannot record write at %" PRIu64 "+%" PRIu32
+                  ": %m", offset, count);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                    uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, err) == -1 ||
+      next->pwrite (next, buf, count, offset, flags, err) == -1)
+    return -1;
+  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+}
+
+static int
+dirtybitmap_zero (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, err) == -1 ||
+      next->zero (next, count, offset, flags, err) == -1)
+    return -1;
+  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+}
+
+static int
+dirtybitmap_trim (nbdkit_next *next, void *handle, uint32_t count,
+                  uint64_t offset, uint32_t flags, int *err)
+{
+  if (mark (offset, count, err) == -1 ||
+      next->trim (next, count, offset, flags, err) == -1)
+    return -1;
+  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+}
+
+static struct nbdkit_filter filter = {
+  .name              = "dirtybitmap",
+  .longname          = "nbdkit dirty bitmap filter",
+  .unload            = dirtybitmap_unload,
+  .config            = dirtybitmap_config,
+  .config_complete   = dirtybitmap_config_complete,
+  .config_help       = dirtybitmap_config_help,
+  .get_ready         = dirtybitmap_get_ready,
+  .after_fork        = dirtybitmap_after_fork,
+  .cleanup           = dirtybitmap_cleanup,
+  .prepare           = dirtybitmap_prepare,
+  .finalize          = dirtybitmap_finalize,
+  .can_flush         = dirtybitmap_can_flush,
+  .flush             = dirtybitmap_flush,
+  .pwrite            = dirtybitmap_pwrite,
+  .zero              = dirtybitmap_zero,
+  .trim              = dirtybitmap_trim,
+};
+
+NBDKIT_REGISTER_FILTER (filter)

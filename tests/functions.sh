@@ -1,0 +1,90 @@
+# Shared helpers for the shell tests (nbdkit's functions.sh is not
+# installed, so we carry our own small equivalents).
+#
+# Environment from Makefile.am: FILTER, DIRTYBITMAP, NBDKIT, PYTHON,
+# BUILT_NBDKIT_VERSION, srcdir.
+
+set -e
+# nbdsh runs "python3 -m nbd" from PATH: make it Debian's python3.
+export PATH=/usr/bin:/usr/sbin:$PATH
+export PYTHONDONTWRITEBYTECODE=1
+
+_cleanup_hooks=()
+cleanup_fn () { _cleanup_hooks+=("$*"); }
+_run_cleanup () {
+    local rc=$? i
+    for (( i=${#_cleanup_hooks[@]}-1; i>=0; i-- )); do
+        eval "${_cleanup_hooks[$i]}" || true
+    done
+    exit $rc
+}
+trap _run_cleanup EXIT INT TERM
+
+fail () { echo "FAIL: $*" >&2; exit 1; }
+
+# A missing tool skips (77) on a developer machine, but fails in CI, where
+# quickstart.sh has installed everything.
+requires () {
+    if ! "$@" >/dev/null 2>&1; then
+        if [ "${CI:-}" = "true" ]; then
+            echo "required tool missing in CI: $*" >&2; exit 1
+        fi
+        echo "$0: test skipped because prerequisite is missing: $*"; exit 77
+    fi
+}
+
+# A private scratch directory, removed at exit.
+tmpdir=$(mktemp -d /tmp/dbm-test.XXXXXX)
+cleanup_fn "rm -rf '$tmpdir'"
+cd "$tmpdir"
+
+nbdkit_filter () { "$NBDKIT" --filter="$FILTER" "$@"; }
+
+# start_nbdkit PIDFILE SOCKET ARGS...: a background server, killed at exit.
+start_nbdkit () {
+    local pidfile=$1 sock=$2 i; shift 2
+    "$NBDKIT" -P "$pidfile" -U "$sock" --filter="$FILTER" "$@"
+    for (( i=0; i<300; i++ )); do
+        [ -s "$pidfile" ] && [ -S "$sock" ] && break
+        sleep 0.1
+    done
+    [ -s "$pidfile" ] || fail "nbdkit did not start: $*"
+    cleanup_fn "kill_nbdkit $(cat "$pidfile")"
+}
+
+# kill_nbdkit PID: SIGTERM, then wait for the clean shutdown to finish.
+kill_nbdkit () {
+    local pid=$1 i
+    kill "$pid" 2>/dev/null || return 0
+    for (( i=0; i<600; i++ )); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "kill_nbdkit: $pid did not exit, sending SIGKILL" >&2
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+# Dirty extents "OFFSET LENGTH" of bitmap NAME in FILE, read by our CLI.
+map_ours () {
+    "$DIRTYBITMAP" map "$1" "$2" | awk '$3 == "dirty" { print $1, $2 }'
+}
+
+# The same, read independently by QEMU: qemu-nbd -B + nbdinfo --map.
+map_qemu () {
+    local file=$1 name=$2 sock="$tmpdir/qnbd.$$.$RANDOM.sock" pid i
+    qemu-nbd -r -U -f qcow2 -B "$name" -k "$sock" -t "$file" &
+    pid=$!
+    for (( i=0; i<100; i++ )); do [ -S "$sock" ] && break; sleep 0.1; done
+    nbdinfo --map="qemu:dirty-bitmap:$name" "nbd+unix:///?socket=$sock" |
+        awk '$3 == 1 { print $1, $2 }'
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# expect_map EXPECTED ACTUAL WHAT: compare two extent lists.
+expect_map () {
+    if ! diff -u "$1" "$2" >&2; then fail "$3: dirty map differs from the oracle"; fi
+}
+
+qemu_check () {
+    qemu-img check "$1" >/dev/null || fail "qemu-img check $1 exit $?"
+}

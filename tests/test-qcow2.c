@@ -1,0 +1,140 @@
+/* Proves the writer's files read back identically, have the field values
+ * and offsets of the spec, exact table sizes and exact refcounts, and that
+ * in-place flag and data updates keep the file valid.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "endian-be.h"
+#include "qcow2.h"
+#include "test-unit.h"
+
+static char path[] = "/tmp/test-qcow2.XXXXXX";
+
+static void
+test_table_sizes (void)
+{
+  struct dbm_err err;
+
+  CHECK_EQ (qcow2_required_table_size (UINT64_C (10) << 30, 16, 16), 1);
+  CHECK_EQ (qcow2_required_table_size (UINT64_C (10) << 30, 9, 16), 40);
+  CHECK_EQ (qcow2_required_table_size (1000, 16, 16), 1);  /* 512 seen */
+  CHECK_EQ (qcow2_required_table_size (0, 16, 16), 0);
+  CHECK (qcow2_check_bitmap_params (UINT64_C (256) << 40, "a", 16, 16, &err) == 0);
+  CHECK (qcow2_check_bitmap_params (UINT64_C (300) << 40, "a", 16, 16, &err) == -1);
+  CHECK (strstr (err.msg, "larger granularity") != NULL);
+  CHECK (qcow2_check_bitmap_params (1 << 20, "", 16, 16, &err) == -1);
+  CHECK (qcow2_check_bitmap_params (1 << 20, "a", 8, 16, &err) == -1);
+  CHECK (qcow2_check_bitmap_params (1 << 20, "a", 32, 16, &err) == -1);
+}
+
+static void
+test_round_trip (void)
+{
+  struct dbm_err err;
+  struct qcow2_image *img, *back;
+  unsigned char h[512], ones[2] = { 0xff, 0x01 };
+  int fd;
+
+  img = qcow2_new (UINT64_C (10) << 30, 16, &err);
+  CHECK (img != NULL);
+  CHECK (qcow2_add_bitmap (img, "b0", 16, BME_FLAG_AUTO, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "fine", 9, 0, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "b0", 16, 0, &err) == -1);     /* duplicate */
+  bitmap_mark (&img->bitmaps[0].bits, 0, 65536);
+  bitmap_mark (&img->bitmaps[0].bits, UINT64_C (5) << 30, 4096);
+  bitmap_mark (&img->bitmaps[1].bits, 1 << 20, 1000);
+  CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+
+  /* Golden fields (qcow2-bitmaps.md 1.2, 1.3). */
+  fd = open (path, O_RDONLY);
+  CHECK (pread (fd, h, sizeof h, 0) == sizeof h);
+  close (fd);
+  CHECK_EQ (get_be32 (h), QCOW2_MAGIC);
+  CHECK_EQ (get_be32 (h + 4), 3);
+  CHECK_EQ (get_be32 (h + 20), 16);
+  CHECK_EQ (get_be64 (h + 24), UINT64_C (10) << 30);
+  CHECK_EQ (get_be32 (h + 36), 20);             /* l1_size for 10 GiB */
+  CHECK_EQ (get_be64 (h + 88), 1);              /* autoclear bit 0 */
+  CHECK_EQ (get_be32 (h + 96), 4);
+  CHECK_EQ (get_be32 (h + 100), 112);
+  CHECK_EQ (get_be32 (h + 112), QCOW2_EXT_BITMAPS);
+  CHECK_EQ (get_be32 (h + 116), 24);
+  CHECK_EQ (get_be32 (h + 120), 2);             /* nb_bitmaps */
+  CHECK_EQ (get_be32 (h + 124), 0);             /* reserved */
+  CHECK_EQ (get_be64 (h + 128), 64);            /* 2 entries x 32 */
+  CHECK_EQ (get_be64 (h + 144), 0);             /* end marker */
+
+  CHECK (qcow2_open (path, QCOW2_OPEN_RW, &back, &err) == 0);
+  if (back == NULL) {
+    fprintf (stderr, "%s\n", err.msg);
+    return;
+  }
+  CHECK_EQ (back->nb_bitmaps, 2);
+  CHECK_EQ (back->leaked_clusters, 0);
+  CHECK_EQ (back->bitmaps[1].bitmap_table_size, 40);
+  CHECK_EQ (back->bitmaps[0].flags, BME_FLAG_AUTO);
+  CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 2);
+  CHECK (bitmap_test (&back->bitmaps[0].bits, (UINT64_C (5) << 30) >> 16));
+  CHECK_EQ (bitmap_count (&back->bitmaps[1].bits), 2);  /* 1M..1M+1000 */
+
+  /* In place: flags and data. */
+  CHECK (qcow2_write_flags (back, 0, BME_FLAG_AUTO | BME_FLAG_IN_USE, &err) == 0);
+  CHECK (qcow2_write_data (back, 1, 100, ones, 2, &err) == 0);
+  CHECK (qcow2_sync (back, &err) == 0);
+  qcow2_close (back);
+  CHECK (qcow2_open (path, 0, &back, &err) == 0);
+  if (back) {
+    CHECK (back->bitmaps[0].inconsistent);
+    CHECK (!back->bitmaps[1].inconsistent);
+    CHECK_EQ (bitmap_count (&back->bitmaps[1].bits), 11);
+    CHECK_EQ (back->leaked_clusters, 0);
+    qcow2_close (back);
+  }
+  CHECK (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &back, &err) == 0);
+  if (back) {
+    CHECK (!back->bitmaps[0].inconsistent);
+    CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 2);
+    qcow2_close (back);
+  }
+  qcow2_close (img);
+}
+
+static void
+test_cluster_sizes (void)
+{
+  unsigned cb;
+  struct dbm_err err;
+
+  for (cb = 9; cb <= 21; cb += 3) {
+    struct qcow2_image *img = qcow2_new (UINT64_C (3) << 30, cb, &err), *back;
+    CHECK (img && qcow2_add_bitmap (img, "x", 12, BME_FLAG_AUTO, &err) == 0);
+    bitmap_mark (&img->bitmaps[0].bits, 12345, 999999);
+    CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+    CHECK (qcow2_open (path, 0, &back, &err) == 0);
+    if (back) {
+      CHECK_EQ (back->leaked_clusters, 0);
+      CHECK_EQ (bitmap_count (&back->bitmaps[0].bits),
+                bitmap_count (&img->bitmaps[0].bits));
+      qcow2_close (back);
+    }
+    else
+      fprintf (stderr, "cluster_bits %u: %s\n", cb, err.msg);
+    qcow2_close (img);
+  }
+}
+
+int
+main (void)
+{
+  int fd = mkstemp (path);
+  close (fd);
+  test_table_sizes ();
+  test_round_trip ();
+  test_cluster_sizes ();
+  unlink (path);
+  TEST_DONE ();
+}

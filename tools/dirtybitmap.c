@@ -1,0 +1,643 @@
+/* dirtybitmap: inspect and edit qcow2 persistent-bitmap files.
+ *
+ * The second client of common/: everything the filter relies on can be
+ * checked from here without nbdkit.  Exit codes: 0 success, 1 failure (or
+ * an invalid file for 'check'), 2 usage error.
+ */
+#include <config.h>
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "parse-size.h"
+#include "qcow2.h"
+#include "qemu-lock.h"
+
+#define EXIT_USAGE 2
+
+static const char *prog = "dirtybitmap";
+
+static void
+usage_all (FILE *fp)
+{
+  fprintf (fp,
+"Usage: %s COMMAND [OPTIONS] ARGS\n"
+"\n"
+"Inspect and edit qcow2 files holding persistent dirty bitmaps.\n"
+"\n"
+"Commands:\n"
+"  info FILE [--json]               size, cluster size, each bitmap\n"
+"  map FILE NAME [--json]           the dirty extents of bitmap NAME\n"
+"  check FILE [--repair]            validate (exit 0 valid, 1 invalid)\n"
+"  create FILE --size SIZE [--name NAME] [--granularity SIZE]\n"
+"         [--cluster-size SIZE] [--disabled]\n"
+"  add FILE NAME [--granularity SIZE] [--disabled]\n"
+"  remove FILE NAME\n"
+"  clear FILE NAME\n"
+"  enable FILE NAME\n"
+"  disable FILE NAME\n"
+"\n"
+"Sizes accept K, M, G, T suffixes (powers of 1024).\n"
+"'%s COMMAND --help' describes one command.\n", prog, prog);
+}
+
+struct cmd {
+  const char *name;
+  int (*fn) (int argc, char **argv);
+};
+
+static void
+print_err (const struct dbm_err *err)
+{
+  fprintf (stderr, "%s: %s\n", prog, err->msg);
+}
+
+static void
+json_string (const char *s)
+{
+  putchar ('"');
+  for (; *s; ++s) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      printf ("\\%c", c);
+    else if (c < 0x20)
+      printf ("\\u%04x", c);
+    else
+      putchar (c);
+  }
+  putchar ('"');
+}
+
+/* Dirty bytes of a bitmap, clipped to the disk. */
+static uint64_t
+dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
+{
+  uint64_t bit = 0, total = 0;
+  const struct bitmap *bm = &b->bits;
+
+  for (;;) {
+    uint64_t s = bitmap_find (bm, bit, true), e, lo, hi;
+    if (s >= bm->nbits)
+      break;
+    e = bitmap_find (bm, s, false);
+    lo = s << bm->granularity_bits;
+    hi = e << bm->granularity_bits;
+    if (hi > vsize || e >= bm->nbits)
+      hi = vsize;
+    total += hi - lo;
+    bit = e;
+  }
+  return total;
+}
+
+/* Options are parsed by one small getopt_long loop per command. */
+enum { OPT_JSON = 256, OPT_REPAIR, OPT_SIZE, OPT_NAME, OPT_GRAN, OPT_CLUSTER,
+       OPT_DISABLED, OPT_HELP, OPT_FORCE };
+
+static const struct option long_opts[] = {
+  { "json", no_argument, NULL, OPT_JSON },
+  { "repair", no_argument, NULL, OPT_REPAIR },
+  { "size", required_argument, NULL, OPT_SIZE },
+  { "name", required_argument, NULL, OPT_NAME },
+  { "granularity", required_argument, NULL, OPT_GRAN },
+  { "cluster-size", required_argument, NULL, OPT_CLUSTER },
+  { "disabled", no_argument, NULL, OPT_DISABLED },
+  { "help", no_argument, NULL, OPT_HELP },
+  { "force", no_argument, NULL, OPT_FORCE },
+  { NULL, 0, NULL, 0 },
+};
+
+struct opts {
+  bool json, repair, disabled, help, force;
+  const char *size, *name, *gran, *cluster;
+  const char *allowed;          /* which options this command takes */
+};
+
+static const char *
+opt_name (int c)
+{
+  const struct option *o;
+  for (o = long_opts; o->name; ++o)
+    if (o->val == c)
+      return o->name;
+  return "?";
+}
+
+static int
+parse_opts (const char *cmd, int argc, char **argv, struct opts *o)
+{
+  int c;
+
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "", long_opts, NULL)) != -1) {
+    if (c == '?' || c == ':') {
+      fprintf (stderr, "%s %s: unknown or incomplete option '%s'\n", prog,
+               cmd, argv[optind - 1]);
+      return -1;
+    }
+    if (c != OPT_HELP && !strstr (o->allowed, opt_name (c))) {
+      fprintf (stderr, "%s %s: option --%s does not apply\n", prog, cmd,
+               opt_name (c));
+      return -1;
+    }
+    switch (c) {
+    case OPT_JSON: o->json = true; break;
+    case OPT_REPAIR: o->repair = true; break;
+    case OPT_DISABLED: o->disabled = true; break;
+    case OPT_HELP: o->help = true; break;
+    case OPT_FORCE: o->force = true; break;
+    case OPT_SIZE: o->size = optarg; break;
+    case OPT_NAME: o->name = optarg; break;
+    case OPT_GRAN: o->gran = optarg; break;
+    case OPT_CLUSTER: o->cluster = optarg; break;
+    }
+  }
+  return 0;
+}
+
+static int
+need_args (const char *cmd, int argc, int want, const char *usage)
+{
+  if (argc - optind != want) {
+    fprintf (stderr, "%s %s: expected %s\n", prog, cmd, usage);
+    return -1;
+  }
+  return 0;
+}
+
+#define PARSE(cmd, allowed_, nargs, usage, helptext)                    \
+  struct opts o = { .allowed = allowed_ };                              \
+  if (parse_opts (cmd, argc, argv, &o) == -1) return EXIT_USAGE;        \
+  if (o.help) { printf ("Usage: %s %s %s\n\n%s", prog, cmd, usage, helptext); \
+    return 0; }                                                         \
+  if (need_args (cmd, argc, nargs, usage) == -1) return EXIT_USAGE;
+
+static const char *
+flags_text (const struct qcow2_bitmap *b)
+{
+  if ((b->flags & BME_FLAG_IN_USE) && (b->flags & BME_FLAG_AUTO))
+    return "in-use,auto";
+  if (b->flags & BME_FLAG_IN_USE)
+    return "in-use";
+  if (b->flags & BME_FLAG_AUTO)
+    return "auto";
+  return "-";
+}
+
+static int
+cmd_info (int argc, char **argv)
+{
+  PARSE ("info", "json", 1, "FILE [--json]",
+         "Show the virtual size, cluster size and layout of FILE and, for "
+         "each bitmap,\nits granularity, flags (in-use, auto) and dirty "
+         "bytes.\n");
+  struct qcow2_image *img;
+  struct dbm_err err;
+  uint64_t vsize;
+  uint32_t i;
+
+  if (qcow2_open (argv[optind], 0, &img, &err) == -1) {
+    print_err (&err);
+    return 1;
+  }
+  vsize = qcow2_virtual_size (img);
+  if (o.json) {
+    printf ("{\"file\": ");
+    json_string (img->path);
+    printf (", \"layout\": \"qemu\", \"virtual_size\": %" PRIu64
+            ", \"cluster_size\": %" PRIu64 ", \"bitmaps\": [",
+            vsize, img->cluster_size);
+  }
+  else {
+    printf ("file: %s\nlayout: qemu\nvirtual size: %" PRIu64 "\n"
+            "cluster size: %" PRIu64 "\nbitmaps: %" PRIu32 "\n",
+            img->path, vsize, img->cluster_size, img->nb_bitmaps);
+    if (img->ext_inconsistent)
+      printf ("warning: autoclear bit 0 is clear: every bitmap is "
+              "inconsistent\n");
+  }
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    const struct qcow2_bitmap *b = &img->bitmaps[i];
+    uint64_t gran = UINT64_C (1) << b->granularity_bits;
+    uint64_t d = b->inconsistent ? 0 : dirty_bytes (b, vsize);
+    double pct = vsize ? 100.0 * d / vsize : 0;
+
+    if (o.json) {
+      printf ("%s{\"name\": ", i ? ", " : "");
+      json_string (b->name);
+      printf (", \"granularity\": %" PRIu64 ", \"flags\": [", gran);
+      printf ("%s", (b->flags & BME_FLAG_IN_USE) ? "\"in-use\"" : "");
+      printf ("%s", (b->flags & BME_FLAG_IN_USE) && (b->flags & BME_FLAG_AUTO)
+              ? ", " : "");
+      printf ("%s", (b->flags & BME_FLAG_AUTO) ? "\"auto\"" : "");
+      printf ("], \"consistent\": %s", b->inconsistent ? "false" : "true");
+      if (b->inconsistent)
+        printf (", \"dirty_bytes\": null, \"dirty_percent\": null}");
+      else
+        printf (", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %.2f}",
+                d, pct);
+    }
+    else if (b->inconsistent)
+      printf ("  %s: granularity %" PRIu64 ", flags %s, contents unknown "
+              "(inconsistent)\n", b->name, gran, flags_text (b));
+    else
+      printf ("  %s: granularity %" PRIu64 ", flags %s, dirty %" PRIu64
+              " bytes (%.2f%%)\n", b->name, gran, flags_text (b), d, pct);
+  }
+  if (o.json)
+    printf ("]}\n");
+  qcow2_close (img);
+  return 0;
+}
+
+static int
+open_bitmap (const char *path, const char *name, unsigned flags,
+             struct qcow2_image **imgp, int *idx)
+{
+  struct dbm_err err;
+  bool rw = flags & QCOW2_OPEN_RW;
+
+  if (qcow2_open (path, flags, imgp, &err) == -1) {
+    print_err (&err);
+    return -1;
+  }
+  if (rw && qemu_lock_write ((*imgp)->fd, path, &err) == -1) {
+    print_err (&err);
+    qcow2_close (*imgp);
+    return -1;
+  }
+  *idx = qcow2_find_bitmap (*imgp, name);
+  if (*idx < 0) {
+    fprintf (stderr, "%s: %s: no bitmap named '%s'\n", prog, path, name);
+    qcow2_close (*imgp);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmd_map (int argc, char **argv)
+{
+  PARSE ("map", "json force", 2, "FILE NAME [--json] [--force]",
+         "Print the extents of bitmap NAME covering the whole virtual size, "
+         "in order,\nadjacent runs merged: OFFSET LENGTH dirty|clean, or "
+         "with --json an array of\n{\"offset\": N, \"length\": N, \"dirty\": "
+         "true|false}.\nAn in-use bitmap is refused unless --force: then its "
+         "last persisted contents\nare shown (they may miss recent writes).\n");
+  struct qcow2_image *img;
+  const struct qcow2_bitmap *b;
+  uint64_t vsize, off = 0;
+  int idx;
+  bool first = true;
+
+  if (open_bitmap (argv[optind], argv[optind + 1],
+                   o.force ? QCOW2_OPEN_LOAD_IN_USE : 0, &img, &idx) == -1)
+    return 1;
+  b = &img->bitmaps[idx];
+  if (b->inconsistent) {
+    fprintf (stderr, "%s: %s: bitmap '%s' is inconsistent (in use or left "
+             "by a crash): its contents are unknown\n", prog, argv[optind],
+             b->name);
+    qcow2_close (img);
+    return 1;
+  }
+  vsize = qcow2_virtual_size (img);
+  if (o.json)
+    printf ("[");
+  while (off < vsize) {
+    uint64_t bit = off >> b->granularity_bits;
+    bool dirty = bitmap_test (&b->bits, bit);
+    uint64_t next = bitmap_find (&b->bits, bit, !dirty);
+    uint64_t end = next >= b->bits.nbits ? vsize : next << b->granularity_bits;
+
+    if (end > vsize)
+      end = vsize;
+    if (o.json)
+      printf ("%s\n{\"offset\": %" PRIu64 ", \"length\": %" PRIu64
+              ", \"dirty\": %s}", first ? "" : ",", off, end - off,
+              dirty ? "true" : "false");
+    else
+      printf ("%20" PRIu64 " %20" PRIu64 "  %s\n", off, end - off,
+              dirty ? "dirty" : "clean");
+    first = false;
+    off = end;
+  }
+  if (o.json)
+    printf ("\n]\n");
+  qcow2_close (img);
+  return 0;
+}
+
+/* Report each problem the validator found; returns how many. */
+static int
+report_problems (const struct qcow2_image *img)
+{
+  int n = 0;
+
+  if (img->leaked_clusters) {
+    printf ("%s: %" PRIu64 " leaked cluster(s) (refcount higher than the "
+            "references), first at offset 0x%" PRIx64 "\n", img->path,
+            img->leaked_clusters, img->first_leak);
+    n++;
+  }
+  if (img->autoclear_without_ext) {
+    printf ("%s: autoclear_features bit 0 (bitmaps) is set but there is no "
+            "bitmaps extension\n", img->path);
+    n++;
+  }
+  if (img->ext_inconsistent) {
+    printf ("%s: autoclear_features bit 0 (bitmaps) is clear while the "
+            "bitmaps extension is present: every bitmap is inconsistent\n",
+            img->path);
+    n++;
+  }
+  if (img->data_clusters)
+    printf ("%s: note: %" PRIu64 " cluster(s) of guest data (not a "
+            "bitmap-only file)\n", img->path, img->data_clusters);
+  return n;
+}
+
+static int
+lock_cb (int fd, struct dbm_err *err)
+{
+  return qemu_lock_write (fd, "temporary file", err);
+}
+
+static int
+cmd_check (int argc, char **argv)
+{
+  PARSE ("check", "repair", 1, "FILE [--repair]",
+         "Validate FILE against every constraint QEMU checks and the draft "
+         "review's\nconstraints.  Exit 0 if valid, 1 if invalid (one line "
+         "per problem).\nWith --repair, fix what can be fixed safely "
+         "(autoclear bit 0 set with no\nextension; leaked clusters) and say "
+         "what was done.\n");
+  struct qcow2_image *img;
+  struct dbm_err err;
+  const char *path = argv[optind];
+  int n;
+
+  if (qcow2_open (path, o.repair ? QCOW2_OPEN_RW : 0, &img, &err) == -1) {
+    printf ("%s\n", err.msg);
+    return 1;
+  }
+  n = report_problems (img);
+  if (n == 0 || !o.repair) {
+    if (n == 0)
+      printf ("%s: no errors found\n", path);
+    qcow2_close (img);
+    return n ? 1 : 0;
+  }
+  if (qemu_lock_write (img->fd, path, &err) == -1) {
+    print_err (&err);
+    qcow2_close (img);
+    return 1;
+  }
+  if (img->ext_inconsistent) {
+    printf ("%s: not repaired: the bitmaps' contents are unknown; remove "
+            "them with 'qemu-img check -r leaks' after deciding to drop "
+            "them\n", path);
+    qcow2_close (img);
+    return 1;
+  }
+  if (img->autoclear_without_ext && !img->leaked_clusters) {
+    if (qcow2_write_autoclear (img, img->autoclear_features &
+                               ~QCOW2_AUTOCLEAR_BITMAPS, &err) == -1) {
+      print_err (&err);
+      qcow2_close (img);
+      return 1;
+    }
+    printf ("%s: repaired: cleared autoclear_features bit 0\n", path);
+  }
+  else {
+    bool had_leaks = img->leaked_clusters, had_bit = img->autoclear_without_ext;
+    if (qcow2_commit (img, path, lock_cb, &err) == -1) {
+      print_err (&err);
+      qcow2_close (img);
+      return 1;
+    }
+    if (had_leaks)
+      printf ("%s: repaired: rewrote the file without the leaked "
+              "clusters\n", path);
+    if (had_bit)
+      printf ("%s: repaired: cleared autoclear_features bit 0\n", path);
+  }
+  qcow2_close (img);
+  /* Verify. */
+  if (qcow2_open (path, 0, &img, &err) == -1) {
+    printf ("%s\n", err.msg);
+    return 1;
+  }
+  n = report_problems (img);
+  qcow2_close (img);
+  return n ? 1 : 0;
+}
+
+static int
+parse_gran (const char *s, unsigned *bits)
+{
+  struct dbm_err err;
+
+  *bits = 16;
+  if (s && dbm_parse_pow2 ("--granularity", s, 512, UINT64_C (1) << 31, bits,
+                           &err) == -1) {
+    print_err (&err);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmd_create (int argc, char **argv)
+{
+  PARSE ("create", "size name granularity cluster-size disabled", 1,
+         "FILE --size SIZE [--name NAME] [--granularity SIZE] "
+         "[--cluster-size SIZE] [--disabled]",
+         "Create FILE, a metadata-only qcow2 v3 file of virtual size SIZE "
+         "(rounded up\nto 512), with one bitmap NAME (default 'dirtybitmap') "
+         "of granularity SIZE\n(default 64K), enabled (auto) unless "
+         "--disabled.  Refuses to overwrite a file.\n");
+  struct qcow2_image *img;
+  struct dbm_err err;
+  uint64_t size;
+  unsigned gran, cbits = QCOW2_DEFAULT_CLUSTER_BITS;
+  const char *path = argv[optind];
+  FILE *fp;
+
+  if (!o.size) {
+    fprintf (stderr, "%s create: --size is required\n", prog);
+    return EXIT_USAGE;
+  }
+  if (dbm_parse_size ("--size", o.size, &size, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
+  if (parse_gran (o.gran, &gran) == -1)
+    return EXIT_USAGE;
+  if (o.cluster && dbm_parse_pow2 ("--cluster-size", o.cluster, 512,
+                                   2 << 20, &cbits, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
+  if ((fp = fopen (path, "r")) != NULL) {
+    fclose (fp);
+    fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog, path);
+    return 1;
+  }
+  img = qcow2_new (size, cbits, &err);
+  if (img == NULL ||
+      qcow2_add_bitmap (img, o.name ? o.name : "dirtybitmap", gran,
+                        o.disabled ? 0 : BME_FLAG_AUTO, &err) == -1 ||
+      qcow2_commit (img, path, NULL, &err) == -1) {
+    print_err (&err);
+    qcow2_close (img);
+    return 1;
+  }
+  qcow2_close (img);
+  return 0;
+}
+
+/* The edit commands share one shape: open locked, change, rewrite. */
+static int
+edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
+                                                         int, void *),
+      void *arg, bool must_exist, bool allow_inconsistent)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  int idx, r;
+
+  if (qcow2_open (path, QCOW2_OPEN_RW, &img, &err) == -1) {
+    print_err (&err);
+    return 1;
+  }
+  if (qemu_lock_write (img->fd, path, &err) == -1) {
+    print_err (&err);
+    qcow2_close (img);
+    return 1;
+  }
+  idx = qcow2_find_bitmap (img, name);
+  if (must_exist && idx < 0) {
+    fprintf (stderr, "%s: %s: no bitmap named '%s'\n", prog, path, name);
+    qcow2_close (img);
+    return 1;
+  }
+  if (must_exist && img->bitmaps[idx].inconsistent && !allow_inconsistent) {
+    fprintf (stderr, "%s: %s: bitmap '%s' is inconsistent and cannot be "
+             "used; remove it\n", prog, path, name);
+    qcow2_close (img);
+    return 1;
+  }
+  r = change (img, idx, arg);
+  if (r == 0 && qcow2_commit (img, path, lock_cb, &err) == -1) {
+    print_err (&err);
+    r = 1;
+  }
+  qcow2_close (img);
+  return r;
+}
+
+struct add_arg { const char *name; unsigned gran; bool disabled; };
+
+static int
+do_add (struct qcow2_image *img, int idx, void *arg)
+{
+  struct add_arg *a = arg;
+  struct dbm_err err;
+
+  if (qcow2_add_bitmap (img, a->name, a->gran,
+                        a->disabled ? 0 : BME_FLAG_AUTO, &err) == -1) {
+    fprintf (stderr, "%s: %s: %s\n", prog, img->path, err.msg);
+    return 1;
+  }
+  return 0;
+}
+
+static int
+cmd_add (int argc, char **argv)
+{
+  PARSE ("add", "granularity disabled", 2,
+         "FILE NAME [--granularity SIZE] [--disabled]",
+         "Add an empty bitmap NAME (enabled unless --disabled) of "
+         "granularity SIZE\n(default 64K).\n");
+  struct add_arg a = { argv[optind + 1], 16, o.disabled };
+
+  if (parse_gran (o.gran, &a.gran) == -1)
+    return EXIT_USAGE;
+  return edit (argv[optind], a.name, do_add, &a, false, false);
+}
+
+static int
+do_remove (struct qcow2_image *img, int idx, void *arg)
+{
+  qcow2_remove_bitmap (img, idx);
+  return 0;
+}
+
+static int
+do_clear (struct qcow2_image *img, int idx, void *arg)
+{
+  bitmap_clear (&img->bitmaps[idx].bits);
+  return 0;
+}
+
+static int
+do_flags (struct qcow2_image *img, int idx, void *arg)
+{
+  if (strcmp (arg, "enable") == 0)
+    img->bitmaps[idx].flags |= BME_FLAG_AUTO;
+  else
+    img->bitmaps[idx].flags &= ~BME_FLAG_AUTO;
+  return 0;
+}
+
+#define SIMPLE_EDIT(fname, cmdname, fn, text)                           \
+  static int fname (int argc, char **argv) {                            \
+    PARSE (cmdname, "", 2, "FILE NAME", text);                          \
+    return edit (argv[optind], argv[optind + 1], fn, (void *) cmdname, true, \
+                 strcmp (cmdname, "remove") == 0);                      \
+  }
+
+SIMPLE_EDIT (cmd_remove, "remove", do_remove,
+             "Remove bitmap NAME (also allowed when it is inconsistent).\n")
+SIMPLE_EDIT (cmd_clear, "clear", do_clear, "Mark bitmap NAME all clean.\n")
+SIMPLE_EDIT (cmd_enable, "enable", do_flags,
+             "Set the auto flag: writers must record into bitmap NAME.\n")
+SIMPLE_EDIT (cmd_disable, "disable", do_flags,
+             "Clear the auto flag: bitmap NAME is kept but not updated.\n")
+
+static const struct cmd cmds[] = {
+  { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
+  { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
+  { "clear", cmd_clear }, { "enable", cmd_enable }, { "disable", cmd_disable },
+};
+
+int
+main (int argc, char **argv)
+{
+  size_t i;
+
+  if (argc < 2) {
+    usage_all (stderr);
+    return EXIT_USAGE;
+  }
+  if (strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0 ||
+      strcmp (argv[1], "help") == 0) {
+    usage_all (stdout);
+    return 0;
+  }
+  if (strcmp (argv[1], "--version") == 0) {
+    printf ("%s %s\n", prog, PACKAGE_VERSION);
+    return 0;
+  }
+  for (i = 0; i < sizeof cmds / sizeof cmds[0]; ++i)
+    if (strcmp (argv[1], cmds[i].name) == 0)
+      return cmds[i].fn (argc - 1, argv + 1);
+  fprintf (stderr, "%s: unknown command '%s' (try '%s --help')\n", prog,
+           argv[1], prog);
+  return EXIT_USAGE;
+}
