@@ -277,11 +277,13 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
 }
 
 int
-qcow2_commit (struct qcow2_image *img, const char *path,
+qcow2_commit (struct qcow2_image *img, const char *user_path,
               int (*lock_fd_cb) (int fd, struct dbm_err *err),
               struct dbm_err *err)
 {
+  CLEANUP_FREE char *real = NULL;
   CLEANUP_FREE char *tmp = NULL;
+  const char *path = user_path;
   CLEANUP_FREE char *dircopy = NULL;
   struct stat st;
   mode_t mode = 0644;
@@ -292,6 +294,14 @@ qcow2_commit (struct qcow2_image *img, const char *path,
     return dbm_seterr (err, EINVAL, "%s: the file holds %" PRIu64 " clusters "
                        "of guest data; refusing to rewrite it as a bitmap-only "
                        "file", path, img->data_clusters);
+  /* rename() replaces a symlink itself: write to the link's target. */
+  if (lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
+    real = realpath (path, NULL);
+    if (real == NULL)
+      return dbm_seterr (err, errno, "%s: symbolic link to a missing file",
+                         path);
+    path = real;
+  }
   if (stat (path, &st) == 0)
     mode = st.st_mode & 07777;
   if (asprintf (&tmp, "%s.tmpXXXXXX", path) == -1)

@@ -162,21 +162,28 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
       dbm_seterr (err, errno, "%s: %m", cfg->path);
       goto fail;
     }
+    /* Creating over a dangling symlink would replace the link itself. */
+    if (lstat (cfg->path, &st) == 0) {
+      dbm_seterr (err, ENOENT, "%s: symbolic link to a missing file",
+                  cfg->path);
+      goto fail;
+    }
     *trp = tr;                  /* created in tracker_set_size */
     return 0;
   }
+
   if (S_ISDIR (st.st_mode)) {
     dbm_seterr (err, EISDIR, "%s: is a directory, not a bitmap file",
                 cfg->path);
     goto fail;
   }
-  if (qcow2_open (cfg->path, QCOW2_OPEN_RW, &tr->img, err) == -1)
+  if (qcow2_open (tr->cfg.path, QCOW2_OPEN_RW, &tr->img, err) == -1)
     goto fail;
-  if (qemu_lock_write (tr->img->fd, cfg->path, err) == -1)
+  if (qemu_lock_write (tr->img->fd, tr->cfg.path, err) == -1)
     goto fail;
   if (tr->img->ext_inconsistent && tr->cfg.in_use_policy == IN_USE_REFUSE) {
     dbm_seterr (err, EINVAL, "%s: autoclear bit 0 is clear: every bitmap is "
-                "inconsistent", cfg->path);
+                "inconsistent", tr->cfg.path);
     goto fail;
   }
   if (apply_in_use_policy (tr, err) == -1)

@@ -34,11 +34,11 @@ static unsigned persist_interval = 30;
 static struct tracker *tracker;
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static atomic_int open_contexts;   /* prepared and not yet finalized */
-
 static pthread_t persist_thread;
 static bool persist_thread_running;
-static atomic_bool persist_thread_stop;
+static bool persist_thread_stop;
+static pthread_mutex_t persist_thread_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t persist_thread_cond = PTHREAD_COND_INITIALIZER;
 
 static void
 log_note (const char *fmt, ...)
@@ -186,35 +186,29 @@ dirtybitmap_get_ready (int thread_model)
   return 0;
 }
 
-/* Periodic exact persist (crash-safe mode), and an early save when nbdkit
- * is told to quit while an idle client still holds it open.
+/* crash-safe mode: the file is always a durable superset; a periodic
+ * persist shrinks all-ones regions back to exact bits, which bounds the
+ * over-approximation after a crash.
  */
 static void *
 persist_loop (void *arg)
 {
-  unsigned ticks = 0;
   struct dbm_err err;
+  struct timespec until;
 
-  while (!atomic_load (&persist_thread_stop)) {
-    /* nbdkit_nanosleep wakes at SIGTERM even while an idle client keeps
-     * the server up, but logs an error when it does; use it only when a
-     * client is connected, the one case where the early save matters.
-     */
-    if (atomic_load (&open_contexts) == 0) {
-      struct timespec ts = { .tv_sec = 0, .tv_nsec = 200 * 1000 * 1000 };
-      nanosleep (&ts, NULL);
-    }
-    else if (nbdkit_nanosleep (0, 200 * 1000 * 1000) == -1) {
-      if (tracker_persist (tracker, &err) == -1)
-        nbdkit_error ("%s", err.msg);
+  pthread_mutex_lock (&persist_thread_lock);
+  while (!persist_thread_stop) {
+    clock_gettime (CLOCK_REALTIME, &until);
+    until.tv_sec += persist_interval;
+    pthread_cond_timedwait (&persist_thread_cond, &persist_thread_lock, &until);
+    if (persist_thread_stop)
       break;
-    }
-    if (mode == TRACKER_CRASH_SAFE && ++ticks >= persist_interval * 5) {
-      ticks = 0;
-      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
-        nbdkit_error ("%s", err.msg);
-    }
+    pthread_mutex_unlock (&persist_thread_lock);
+    if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
+      nbdkit_error ("%s", err.msg);
+    pthread_mutex_lock (&persist_thread_lock);
   }
+  pthread_mutex_unlock (&persist_thread_lock);
   return NULL;
 }
 
@@ -247,6 +241,8 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
       return -1;
     }
   }
+  if (mode != TRACKER_CRASH_SAFE)
+    return 0;
   r = pthread_create (&persist_thread, NULL, persist_loop, NULL);
   if (r != 0) {
     errno = r;
@@ -263,7 +259,10 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   struct dbm_err err;
 
   if (persist_thread_running) {
-    atomic_store (&persist_thread_stop, true);
+    pthread_mutex_lock (&persist_thread_lock);
+    persist_thread_stop = true;
+    pthread_cond_signal (&persist_thread_cond);
+    pthread_mutex_unlock (&persist_thread_lock);
     pthread_join (persist_thread, NULL);
     persist_thread_running = false;
   }
@@ -286,14 +285,6 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
     nbdkit_error ("%s", err.msg);
     return -1;
   }
-  atomic_fetch_add (&open_contexts, 1);
-  return 0;
-}
-
-static int
-dirtybitmap_finalize (nbdkit_next *next, void *handle)
-{
-  atomic_fetch_sub (&open_contexts, 1);
   return 0;
 }
 
@@ -393,7 +384,6 @@ static struct nbdkit_filter filter = {
   .after_fork        = dirtybitmap_after_fork,
   .cleanup           = dirtybitmap_cleanup,
   .prepare           = dirtybitmap_prepare,
-  .finalize          = dirtybitmap_finalize,
   .can_flush         = dirtybitmap_can_flush,
   .flush             = dirtybitmap_flush,
   .pwrite            = dirtybitmap_pwrite,

@@ -72,7 +72,9 @@ map_ours () {
 # The same, read independently by QEMU: qemu-nbd -B + nbdinfo --map.
 map_qemu () {
     local file=$1 name=$2 sock="$tmpdir/qnbd.$$.$RANDOM.sock" pid i
-    qemu-nbd -r -U -f qcow2 -B "$name" -k "$sock" -t "$file" &
+    # locking=off: also readable while the filter holds the QEMU locks.
+    qemu-nbd -r -B "$name" -k "$sock" -t --image-opts \
+        "driver=qcow2,file.driver=file,file.filename=$file,file.locking=off" &
     pid=$!
     for (( i=0; i<100; i++ )); do [ -S "$sock" ] && break; sleep 0.1; done
     nbdinfo --map="qemu:dirty-bitmap:$name" "nbd+unix:///?socket=$sock" |
@@ -87,4 +89,11 @@ expect_map () {
 
 qemu_check () {
     qemu-img check "$1" >/dev/null || fail "qemu-img check $1 exit $?"
+}
+
+# covers EXTENTS_FILE OFFSET LENGTH: is [OFFSET, OFFSET+LENGTH) inside one
+# of the "OFFSET LENGTH" extents?
+covers () {
+    awk -v o="$2" -v n="$3" '$1 <= o && o + n <= $1 + $2 { found = 1 }
+        END { exit !found }' "$1"
 }

@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""Crash harness: kill -9 nbdkit (file plugin, crash-safe mode) at random
+moments while several writers send non-zero data, then verify the bitmap
+file the crash left behind.
+
+Per trial:
+  * qemu-img check exits 0 and the bitmap is consistent (not in_use);
+  * every granule whose content on disk is no longer zero is dirty (data
+    that reached the plugin is the ground truth, acked or not);
+  * every write whose reply a writer received is dirty;
+  * every dirty region (bitmap-region bytes) intersects a write that was
+    at least sent (the documented over-approximation bound).
+Also kills during the very first start (file being created) and during
+the restart that rewrites the file.
+
+  crash_harness.py --trials N --workdir DIR
+Environment: NBDKIT, FILTER, DIRTYBITMAP.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import nbd
+
+NBDKIT = os.environ["NBDKIT"]
+FILTER = os.environ["FILTER"]
+CLI = os.environ["DIRTYBITMAP"]
+SIZE = 64 << 20
+GRAN = 65536
+REGION = 4 << 20
+
+
+def start(workdir, disk, bm, extra=()):
+    sock = os.path.join(workdir, "s.sock")
+    pidf = os.path.join(workdir, "pid")
+    for p in (sock, pidf):
+        if os.path.exists(p):
+            os.unlink(p)
+    subprocess.run([NBDKIT, "-P", pidf, "-U", sock, "--filter=" + FILTER,
+                    "file", disk, "bitmap-file=" + bm,
+                    "bitmap-region=%d" % REGION,
+                    "bitmap-persist-interval=1", *extra], check=True,
+                   stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(pidf) and os.path.getsize(pidf) and os.path.exists(sock):
+            break
+        time.sleep(0.02)
+    return int(open(pidf).read()), "nbd+unix:///?socket=" + sock
+
+
+def dirty_map(bm):
+    out = subprocess.run([CLI, "map", bm, "dirtybitmap", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return [(e["offset"], e["length"]) for e in json.loads(out) if e["dirty"]]
+
+
+def is_dirty(ext, off, n):
+    for a, l in ext:
+        if a <= off and off + n <= a + l:
+            return True
+    return False
+
+
+def writer(uri, seed, sent, acked, stop):
+    rng = random.Random(seed)
+    try:
+        h = nbd.NBD()
+        h.connect_uri(uri)
+        while not stop.is_set():
+            n = rng.randint(1, 200000)
+            off = rng.randrange(0, SIZE - n)
+            sent.append((off, n))
+            if rng.random() < 0.1:
+                h.flush()
+            h.pwrite(bytes([rng.randrange(1, 256)]) * n, off)
+            acked.append((off, n))
+    except Exception:
+        pass
+
+
+def verify(bm, disk, sent, acked):
+    problems = []
+    r = subprocess.run(["qemu-img", "check", bm], capture_output=True, text=True)
+    if r.returncode != 0:
+        return ["qemu-img check exit %d: %s" % (r.returncode, r.stdout + r.stderr)]
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", bm],
+                          capture_output=True, text=True).stdout
+    if "in-use" in info:
+        problems.append("bitmap left in_use")
+    ext = dirty_map(bm)
+    with open(disk, "rb") as f:
+        g = 0
+        while True:
+            chunk = f.read(GRAN)
+            if not chunk:
+                break
+            if chunk.count(0) != len(chunk) and not is_dirty(ext, g * GRAN, len(chunk)):
+                problems.append("granule %d has data but is clean" % g)
+                break
+            g += 1
+    for off, n in acked:
+        for gg in range(off // GRAN, (off + n - 1) // GRAN + 1):
+            if not is_dirty(ext, gg * GRAN, GRAN):
+                problems.append("acked write %d+%d not dirty" % (off, n))
+                break
+    touched = set()
+    for off, n in sent:
+        for rr in range(off // REGION, (off + n - 1) // REGION + 1):
+            touched.add(rr)
+    for a, l in ext:
+        for rr in range(a // REGION, (a + l - 1) // REGION + 1):
+            if rr not in touched:
+                problems.append("region %d dirty but never written" % rr)
+                break
+    return problems
+
+
+def trial(workdir, rng, t):
+    disk = os.path.join(workdir, "disk%d.img" % t)
+    bm = os.path.join(workdir, "bm%d.qcow2" % t)
+    with open(disk, "wb") as f:
+        f.truncate(SIZE)
+    # Sometimes kill during the very first start: the next start must work.
+    if rng.random() < 0.2:
+        p = subprocess.Popen([NBDKIT, "-f", "-U", os.path.join(workdir, "x.sock"),
+                              "--filter=" + FILTER, "file", disk,
+                              "bitmap-file=" + bm], stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.05))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    sent, acked = [], []
+    for rnd in range(2):
+        pid, uri = start(workdir, disk, bm)
+        stop = threading.Event()
+        ths = [threading.Thread(target=writer,
+                                args=(uri, rng.random(), sent, acked, stop))
+               for _ in range(3)]
+        for th in ths:
+            th.start()
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(pid, signal.SIGKILL)
+        stop.set()
+        for th in ths:
+            th.join()
+        problems = verify(bm, disk, sent, acked)
+        if problems:
+            return problems
+    # Kill during the restart (which rewrites the file), then start again.
+    p = subprocess.Popen([NBDKIT, "-f", "-U", os.path.join(workdir, "y.sock"),
+                          "--filter=" + FILTER, "file", disk,
+                          "bitmap-file=" + bm], stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0, 0.05))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    pid, uri = start(workdir, disk, bm)
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    problems = verify(bm, disk, sent, acked)
+    for f in (disk, bm):
+        os.unlink(f)
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    a = ap.parse_args()
+    rng = random.Random(a.seed)
+    violations = 0
+    for t in range(a.trials):
+        problems = trial(a.workdir, rng, t)
+        if problems:
+            violations += 1
+            print("trial %d: VIOLATION: %s" % (t, "; ".join(problems[:3])))
+    print("crash harness: seed %d, %d trials (%d kills), %d violations"
+          % (a.seed, a.trials, a.trials * 2, violations))
+    sys.exit(1 if violations else 0)
+
+
+if __name__ == "__main__":
+    main()

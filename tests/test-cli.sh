@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Proves each dirtybitmap subcommand does what its --help says, that QEMU
+# reads every file it writes (qemu-img check exit 0, info shows the
+# bitmaps with the right granularity and flags), and that usage errors exit
+# 2 with a one-line message naming the option.
+source "$srcdir/functions.sh"
+requires qemu-img --version
+D=$DIRTYBITMAP
+
+$D --help | grep -q "Commands:" || fail "--help"
+for c in info map check create add remove clear enable disable; do
+    $D $c --help | grep -q "^Usage: dirtybitmap $c" || fail "$c --help"
+done
+
+$D create a.qcow2 --size 10G --granularity 4K --name first
+qemu_check a.qcow2
+qemu-img info --output=json a.qcow2 > info.json
+grep -q '"granularity": 4096' info.json || fail "granularity not seen by qemu"
+grep -q '"name": "first"' info.json || fail "name not seen by qemu"
+grep -q '"auto"' info.json || fail "auto flag not seen by qemu"
+[ "$(stat -c %s a.qcow2)" -gt 0 ] || fail "empty file"
+
+# Refuses to overwrite, and leaves the file as it was.
+sum=$(md5sum < a.qcow2)
+$D create a.qcow2 --size 1G && fail "create overwrote a file"
+[ "$(md5sum < a.qcow2)" = "$sum" ] || fail "failed create modified the file"
+
+# add / disable / enable / remove, each checked by qemu.
+$D add a.qcow2 second --granularity 1M --disabled
+qemu_check a.qcow2
+qemu-img info --output=json a.qcow2 | /usr/bin/python3 -c '
+import json, sys
+bm = {b["name"]: b for b in json.load(sys.stdin)["format-specific"]["data"]["bitmaps"]}
+assert bm["second"]["granularity"] == 1048576, bm
+assert bm["second"]["flags"] == [], bm
+assert bm["first"]["flags"] == ["auto"], bm
+'
+$D enable a.qcow2 second
+qemu-img info --output=json a.qcow2 | grep -A3 '"second"' >/dev/null
+$D info a.qcow2 | grep -q "second: granularity 1048576, flags auto" || fail "enable"
+$D disable a.qcow2 first
+$D info a.qcow2 | grep -q "first: granularity 4096, flags -" || fail "disable"
+$D add a.qcow2 first && fail "duplicate name accepted"
+$D remove a.qcow2 second
+qemu_check a.qcow2
+$D info a.qcow2 | grep -q "bitmaps: 1" || fail "remove"
+$D remove a.qcow2 nosuch 2> err && fail "remove of a missing bitmap"
+grep -q "no bitmap named 'nosuch'" err || fail "missing-bitmap message"
+
+# Dirty bits from QEMU (merged from a scratch image), then clear.
+qemu-img create -q -f qcow2 s.qcow2 10G
+qemu-img bitmap --add s.qcow2 s
+qemu-io -f qcow2 -c 'write 0 64k' -c 'write 1M 130k' -c 'write 768M 4k' s.qcow2 >/dev/null
+qemu-img bitmap --enable a.qcow2 first
+qemu-img bitmap --merge s -b s.qcow2 -F qcow2 a.qcow2 first
+qemu_check a.qcow2
+printf '0 65536\n1048576 196608\n805306368 65536\n' > want
+map_ours a.qcow2 first > got
+expect_map want got "map after qemu merge"
+$D map a.qcow2 first --json | /usr/bin/python3 -c '
+import json, sys
+ext = json.load(sys.stdin)
+assert ext[0] == {"offset": 0, "length": 65536, "dirty": True}, ext[0]
+assert sum(e["length"] for e in ext) == 10 << 30
+assert all(a["dirty"] != b["dirty"] for a, b in zip(ext, ext[1:]))  # merged
+assert all(a["offset"] + a["length"] == b["offset"] for a, b in zip(ext, ext[1:]))
+'
+$D info a.qcow2 --json | /usr/bin/python3 -c '
+import json, sys
+i = json.load(sys.stdin)
+b = i["bitmaps"][0]
+assert b["dirty_bytes"] == 65536 + 196608 + 65536, b
+assert i["virtual_size"] == 10 << 30 and i["cluster_size"] == 65536
+'
+$D clear a.qcow2 first
+qemu_check a.qcow2
+[ -z "$(map_ours a.qcow2 first)" ] || fail "clear left dirty bits"
+
+# Edits through a symlink update the target and keep the link.
+ln -s a.qcow2 link.qcow2
+$D add link.qcow2 vialink
+[ -L link.qcow2 ] || fail "edit replaced the symlink"
+$D info a.qcow2 | grep -q "vialink" || fail "edit through symlink lost"
+
+# Sizes with suffixes; rounding up to 512.
+$D create b.qcow2 --size 1000 --granularity 512
+$D info b.qcow2 | grep -q "virtual size: 1024" || fail "size not rounded up to 512"
+qemu_check b.qcow2
+$D create c.qcow2 --size 1T --cluster-size 4K
+qemu_check c.qcow2
+
+# Usage errors: exit 2, one line naming the option.
+set +e
+$D create d.qcow2 --size 10X 2> err; [ $? -eq 2 ] || fail "bad unit exit code"
+grep -q -- "--size: '10X' has an unknown unit" err || fail "bad unit message"
+$D create d.qcow2 --size 1G --granularity 3000 2> err; [ $? -eq 2 ] || fail "gran exit"
+grep -q -- "--granularity: 3000 is not a power of two" err || fail "gran message"
+$D create d.qcow2 --size 1G --granularity 256 2> err; [ $? -eq 2 ] || fail "gran range"
+$D create d.qcow2 2> err; [ $? -eq 2 ] || fail "missing --size exit"
+$D info 2> err; [ $? -eq 2 ] || fail "missing FILE exit"
+$D frobnicate 2> err; [ $? -eq 2 ] || fail "unknown command exit"
+$D info a.qcow2 --bogus 2> err; [ $? -eq 2 ] || fail "unknown option exit"
+$D create d.qcow2 --size 300T 2> err; [ $? -eq 1 ] || fail "300T at 64K accepted"
+grep -q "larger granularity" err || fail "300T message"
+set -e
+[ ! -e d.qcow2 ] || fail "failed create left a file"
+echo OK

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Proves the QEMU-compatible lifecycle: in qemu mode the tracked bitmap is
+# in_use on disk while running and clean after SIGTERM; after kill -9 the
+# file still passes qemu-img check, qemu-img info shows in-use, and the
+# next start applies the policy (default: mark entirely dirty, with a log
+# line; bitmap-in-use=refuse refuses).  In crash-safe mode kill -9 leaves a
+# consistent superset that qemu-nbd -B can serve.
+source "$srcdir/functions.sh"
+requires "$NBDKIT" --version
+requires nbdsh -c 'exit(0)'
+requires qemu-img --version
+D=$DIRTYBITMAP
+size=$((64 << 20))
+f=$PWD/bm.qcow2
+
+# qemu mode: in_use while running, clean after SIGTERM.
+start_nbdkit pid1 $PWD/s1.sock memory $size bitmap-file=$f bitmap-mode=qemu
+qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use while running"
+nbdsh -u "nbd+unix:///?socket=$PWD/s1.sock" -c 'h.pwrite(b"x" * 4096, 1 << 20)'
+kill_nbdkit "$(cat pid1)"
+qemu_check $f
+qemu-img info --output=json $f | grep -q '"in-use"' && fail "in_use after SIGTERM"
+[ "$(map_ours $f dirtybitmap)" = "1048576 65536" ] || fail "bits after SIGTERM"
+
+# qemu mode: kill -9.
+start_nbdkit pid2 $PWD/s2.sock memory $size bitmap-file=$f bitmap-mode=qemu
+nbdsh -u "nbd+unix:///?socket=$PWD/s2.sock" -c 'h.pwrite(b"x" * 4096, 2 << 20)'
+kill -9 "$(cat pid2)"; sleep 0.5
+qemu_check $f
+qemu-img info --output=json $f | grep -q '"in-use"' || fail "in_use not kept after kill -9"
+set +e
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$f bitmap-mode=qemu \
+    bitmap-in-use=refuse --run true 2> err; rc=$?
+set -e
+[ $rc -ne 0 ] || fail "bitmap-in-use=refuse started"
+grep -q "bitmap 'dirtybitmap' is in use or inconsistent" err || { cat err; fail "refuse message"; }
+qemu-img info --output=json $f | grep -q '"in-use"' || fail "refusal modified the file"
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$f bitmap-mode=qemu \
+    --run true 2> err
+grep -q "was in use (unclean shutdown): marked entirely dirty" err || { cat err; fail "policy log line"; }
+[ "$(map_ours $f dirtybitmap)" = "0 $size" ] || fail "not entirely dirty after crash"
+qemu_check $f
+
+# crash-safe mode: kill -9 leaves a consistent superset, usable by QEMU.
+g=$PWD/cs.qcow2
+start_nbdkit pid3 $PWD/s3.sock memory $size bitmap-file=$g
+nbdsh -u "nbd+unix:///?socket=$PWD/s3.sock" -c '
+h.pwrite(b"x" * 4096, 3 << 20)
+h.zero(65536, 40 << 20)'
+kill -9 "$(cat pid3)"; sleep 0.5
+qemu_check $g
+qemu-img info --output=json $g | grep -q '"in-use"' && fail "crash-safe left in_use"
+map_qemu $g dirtybitmap > got
+/usr/bin/python3 - got <<'PY'
+import sys
+ext = [tuple(map(int, l.split())) for l in open(sys.argv[1])]
+def covered(o, n):
+    return any(a <= o and o + n <= a + l for a, l in ext)
+assert covered(3 << 20, 4096) and covered(40 << 20, 65536), ext
+# bound: at most the two 64 MiB regions touched (the whole 64M disk here)
+assert sum(l for a, l in ext) <= 64 << 20, ext
+PY
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+qemu_check $g
+echo OK

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Proves every bad parameter gives a clear one-line error naming the key,
+# a non-zero exit, and leaves the user's file untouched; and that an export
+# whose size differs from the file's is refused with both sizes named.
+source "$srcdir/functions.sh"
+requires "$NBDKIT" --version
+requires nbdsh -c 'exit(0)'
+D=$DIRTYBITMAP
+
+$D create good.qcow2 --size 1G
+sum=$(md5sum < good.qcow2)
+
+# bad_param EXPECTED ARGS...: nbdkit must fail with EXPECTED on stderr.
+bad_param () {
+    local expect=$1; shift
+    set +e
+    "$NBDKIT" --filter="$FILTER" memory 1G "$@" --run true > out 2>&1
+    local rc=$?
+    set -e
+    [ $rc -ne 0 ] || fail "started with: $*"
+    grep -qF -- "$expect" out || { cat out; fail "message for '$*' lacks '$expect'"; }
+}
+
+bad_param "the bitmap-file parameter is required"
+bad_param "bitmap-file: must not be empty" bitmap-file=
+bad_param "bitmap-granularity: 3000 is not a power of two" \
+    bitmap-file=$PWD/good.qcow2 bitmap-granularity=3000
+bad_param "bitmap-granularity: 256 is outside 512..2147483648" \
+    bitmap-file=$PWD/good.qcow2 bitmap-granularity=256
+bad_param "bitmap-granularity: 4294967296 is outside" \
+    bitmap-file=$PWD/good.qcow2 bitmap-granularity=4G
+bad_param "bitmap-granularity: '64Q' has an unknown unit" \
+    bitmap-file=$PWD/good.qcow2 bitmap-granularity=64Q
+bad_param "bitmap-granularity: empty size" \
+    bitmap-file=$PWD/good.qcow2 bitmap-granularity=
+bad_param "bitmap-name: must be 1..1023 bytes, got 0" \
+    bitmap-file=$PWD/good.qcow2 bitmap-name=
+bad_param "bitmap-name: must be 1..1023 bytes, got 1024" \
+    bitmap-file=$PWD/good.qcow2 bitmap-name=$(printf 'n%.0s' $(seq 1024))
+bad_param "bitmap-mode: 'fast' is not crash-safe or qemu" \
+    bitmap-file=$PWD/good.qcow2 bitmap-mode=fast
+bad_param "bitmap-in-use: 'maybe' is not dirty or refuse" \
+    bitmap-file=$PWD/good.qcow2 bitmap-in-use=maybe
+bad_param "bitmap-region: 1000 is outside" \
+    bitmap-file=$PWD/good.qcow2 bitmap-region=1000
+bad_param "bitmap-persist-interval: 'soon' is not a number of seconds" \
+    bitmap-file=$PWD/good.qcow2 bitmap-persist-interval=soon
+mkdir adir
+bad_param "adir: is a directory, not a bitmap file" bitmap-file=$PWD/adir
+bad_param "No such file or directory" bitmap-file=$PWD/nodir/x.qcow2
+echo "not qcow2 at all, just text, long enough for a header........................................................" > text.qcow2
+bad_param "not a qcow2 file" bitmap-file=$PWD/text.qcow2
+ln -s $PWD/nowhere dangling.qcow2
+bad_param "dangling.qcow2: symbolic link to a missing file" \
+    bitmap-file=$PWD/dangling.qcow2
+[ -L dangling.qcow2 ] || fail "the dangling symlink was replaced"
+# A disk too big for the requested granularity (more than 512 MiB of bitmap).
+set +e
+"$NBDKIT" --filter="$FILTER" memory 4T bitmap-file=$PWD/fresh.qcow2 \
+    bitmap-granularity=512 --run true > out 2>&1; rc=$?
+set -e
+[ $rc -ne 0 ] && grep -q "granularity 512 is too fine" out || { cat out; fail "too fine"; }
+[ ! -e fresh.qcow2 ] || fail "a failed start created the file"
+[ "$(md5sum < good.qcow2)" = "$sum" ] || fail "a failed start modified good.qcow2"
+# A symlink to a valid file: the link survives, the target is updated.
+ln -s $PWD/good.qcow2 link.qcow2
+"$NBDKIT" --filter="$FILTER" memory 1G bitmap-file=$PWD/link.qcow2 --run true
+[ -L link.qcow2 ] || fail "the symlink was replaced by a file"
+sum=$(md5sum < good.qcow2)
+[ "$(md5sum < good.qcow2)" = "$sum" ] || fail "a failed start modified good.qcow2"
+
+# Size mismatch: refused per connection, both sizes named, file intact.
+set +e
+"$NBDKIT" -U - --filter="$FILTER" memory 2G bitmap-file=$PWD/good.qcow2 \
+    --run 'nbdsh -u "$uri" -c "pass"' > out 2>&1
+set -e
+grep -q "export size 2147483648 (rounded up to 2147483648) does not match the bitmap file's virtual size 1073741824" out ||
+    { cat out; fail "size mismatch message"; }
+$D check good.qcow2 >/dev/null
+
+# A bitmap-name absent from an existing file is added; others are kept.
+"$NBDKIT" -U - --filter="$FILTER" memory 1G bitmap-file=$PWD/good.qcow2 \
+    bitmap-name=second bitmap-granularity=1M \
+    --run 'nbdsh -u "$uri" -c "h.pwrite(b\"z\", 0)"'
+$D info good.qcow2 | grep -q "second: granularity 1048576, flags auto" || fail "bitmap-name not added"
+$D info good.qcow2 | grep -q "dirtybitmap: granularity 65536" || fail "existing bitmap lost"
+echo OK
