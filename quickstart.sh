@@ -70,8 +70,13 @@ h.flush()"'
 check)
     build
     rc=0
+    rm -f test-suite.log
     make check || rc=$?
-    [ -f test-suite.log ] && summary
+    if [ -f test-suite.log ]; then
+        summary
+    else
+        echo "0 passed, 1 failed"     # the build or the harness itself failed
+    fi
     exit $rc
     ;;
 build)

@@ -144,6 +144,9 @@ bitmap_mark (struct bitmap *bm, uint64_t offset, uint64_t count)
   if (count == 0)
     return 0;
   last = offset + count - 1;
+  if (bitmap_all_set_fast (bm, offset >> bm->granularity_bits,
+                           last >> bm->granularity_bits))
+    return 0;
   if (last < offset)            /* wrapped: clip to the end */
     last = UINT64_MAX;
   return bitmap_set_bits (bm, offset >> bm->granularity_bits,

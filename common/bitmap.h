@@ -42,6 +42,26 @@ extern void bitmap_free (struct bitmap *bm);
  */
 extern int bitmap_mark (struct bitmap *bm, uint64_t offset, uint64_t count);
 
+/* The write path's common case, inline: bits FIRST..LAST lie in one word
+ * and are all set already.  Costs a handful of loads and no atomic RMW;
+ * returns false when the general path is needed.
+ */
+static inline bool
+bitmap_all_set_fast (const struct bitmap *bm, uint64_t first, uint64_t last)
+{
+  _Atomic uint64_t *words;
+  uint64_t mask;
+
+  if ((first >> 6) != (last >> 6) || last >= bm->nbits)
+    return false;
+  words = atomic_load_explicit (&bm->leaves[first / BITMAP_LEAF_BITS],
+                                memory_order_seq_cst);
+  if (words == NULL)
+    return false;
+  mask = (~UINT64_C (0) >> (63 - (last & 63))) & (~UINT64_C (0) << (first & 63));
+  return (atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) == mask;
+}
+
 /* Set bits [first, last] (inclusive bit numbers). Same return as mark. */
 extern int bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last);
 

@@ -72,6 +72,9 @@ setup_tracked (struct tracker *tr, struct dbm_err *err)
     t = &tr->t[tr->nt++];
     t->idx = i;
     t->bits = &b->bits;
+    t->granularity_bits = b->granularity_bits;
+    t->nbits = b->bits.nbits;
+    t->leaves = b->bits.leaves;
     /* A region is a whole number of 64-bit words of the bitmap, so that
      * writing one region's bytes never touches a neighbour's.
      */
@@ -324,38 +327,82 @@ arm_region (struct tracker *tr, struct tracked *t, uint64_t r)
   return 0;
 }
 
-int
-tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
+/* The general path: set bits, and in crash-safe mode touch and arm every
+ * region the range covers.
+ */
+static int __attribute__ ((noinline))
+mark_slow (struct tracker *tr, uint64_t offset, uint64_t count)
 {
   size_t i;
 
-  if (count == 0)
-    return 0;
   for (i = 0; i < tr->nt; ++i) {
     struct tracked *t = &tr->t[i];
-    uint64_t first, last, r;
+    unsigned g = t->bits->granularity_bits;
+    uint64_t first = offset >> g, last = (offset + count - 1) >> g, r, rl;
 
     /* Invariant: the bits are set before the write is forwarded, and the
      * write path never clears them.
      */
-    if (bitmap_mark (t->bits, offset, count) == -1)
+    if (bitmap_set_bits (t->bits, first, last) == -1)
       return -1;
     if (tr->cfg.mode != TRACKER_CRASH_SAFE)
       continue;
-    first = offset >> t->bits->granularity_bits;
-    last = (offset + count - 1) >> t->bits->granularity_bits;
     if (last >= t->bits->nbits)
       last = t->bits->nbits ? t->bits->nbits - 1 : 0;
-    /* Order matters (see tracker_persist): fine bits, then touched, then
+    /* Order matters (see persist_regions): fine bits, then touched, then
      * the armed check, all sequentially consistent.
      */
-    for (r = first >> t->region_shift; r <= last >> t->region_shift; ++r) {
+    rl = last >> t->region_shift;
+    for (r = first >> t->region_shift; r <= rl; ++r) {
       region_set (t->touched, r);
       if (!region_test (t->armed, r) && arm_region (tr, t, r) == -1)
         return -1;
     }
   }
   return 0;
+}
+
+/* The steady state, as a leaf with loads only: every bit already set (in
+ * one word), and in crash-safe mode the one region already touched and
+ * armed.  The loads follow the order of mark_slow's stores and checks.
+ */
+static inline bool
+mark_is_noop (const struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  const struct tracked *t = tr->t, *end = tr->t + tr->nt;
+  bool crash_safe = tr->cfg.mode == TRACKER_CRASH_SAFE;
+
+  for (; t < end; ++t) {
+    uint64_t first = offset >> t->granularity_bits;
+    uint64_t last = (offset + count - 1) >> t->granularity_bits;
+    _Atomic uint64_t *words;
+    uint64_t mask, r;
+
+    if (((first ^ last) >> 6) != 0 || last >= t->nbits)
+      return false;
+    words = atomic_load (&t->leaves[first / BITMAP_LEAF_BITS]);
+    if (words == NULL)
+      return false;
+    mask = (~UINT64_C (0) >> (63 - (last & 63))) & (~UINT64_C (0) << (first & 63));
+    if ((atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) != mask)
+      return false;
+    if (!crash_safe)
+      continue;
+    r = first >> t->region_shift;
+    if ((last >> t->region_shift) != r ||
+        !((atomic_load (&t->touched[r >> 6]) >> (r & 63)) & 1) ||
+        !((atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1))
+      return false;
+  }
+  return true;
+}
+
+int
+tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  if (count == 0 || mark_is_noop (tr, offset, count))
+    return 0;
+  return mark_slow (tr, offset, count);
 }
 
 bool

@@ -43,12 +43,17 @@ struct tracker_config {
 };
 
 struct tracked {
-  int idx;                      /* index into img->bitmaps */
-  struct bitmap *bits;
+  /* Copies of what the write path reads, in one cache line. */
+  unsigned granularity_bits;
   unsigned region_shift;        /* log2 of bitmap bits per region */
-  uint64_t nregions;
+  uint64_t nbits;
+  _Atomic (_Atomic uint64_t *) *leaves;
   _Atomic uint64_t *touched;    /* regions written since the persist cut */
   _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
+
+  int idx;                      /* index into img->bitmaps */
+  struct bitmap *bits;
+  uint64_t nregions;
 };
 
 struct tracker {

@@ -329,7 +329,7 @@ dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return save (err);
 }
 
-static int
+static inline int
 mark (uint64_t offset, uint32_t count, int *err)
 {
   if (dirtybitmap_debug_verbose)

@@ -31,6 +31,11 @@ h.pwrite(b"y" * 512, 9 << 20, nbd.CMD_FLAG_FUA)'
     map_ours_force copy2.qcow2 dirtybitmap > got
     covers got $((9 << 20)) 512 || { cat got; fail "$mode: FUA did not make the bit durable"; }
     qemu_check copy2.qcow2
+    if [ $mode = crash-safe ]; then
+        # The live file is valid and servable by QEMU while nbdkit runs.
+        map_qemu $f dirtybitmap > live
+        covers live $((9 << 20)) 512 || fail "live qemu-nbd read misses a write"
+    fi
     kill_nbdkit "$(cat pid-$mode)"
     qemu_check $f
     printf '5242880 65536\n7340032 65536\n9437184 65536\n' > want

@@ -41,6 +41,20 @@ grep -q "was in use (unclean shutdown): marked entirely dirty" err || { cat err;
 [ "$(map_ours $f dirtybitmap)" = "0 $size" ] || fail "not entirely dirty after crash"
 qemu_check $f
 
+# -s (one connection on stdin/stdout): clean state after the client leaves.
+h=$PWD/single.qcow2
+nbdsh -c "
+h.connect_command(['$NBDKIT', '-s', '--filter=$FILTER', 'memory', '$size',
+                   'bitmap-file=$h', 'bitmap-mode=qemu'])
+h.pwrite(b'x' * 10, 5 << 20)
+h.shutdown()"
+for i in $(seq 50); do
+    qemu-img info --output=json $h 2>/dev/null | grep -q '"in-use"' || break
+    sleep 0.1
+done
+qemu-img info --output=json $h | grep -q '"in-use"' && fail "-s: in_use after exit"
+[ "$(map_ours $h dirtybitmap)" = "5242880 65536" ] || fail "-s: bits"
+
 # crash-safe mode: kill -9 leaves a consistent superset, usable by QEMU.
 g=$PWD/cs.qcow2
 start_nbdkit pid3 $PWD/s3.sock memory $size bitmap-file=$g

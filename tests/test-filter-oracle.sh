@@ -39,6 +39,15 @@ run_case file crash-safe 4096 3
 run_case file qemu 512 4
 run_case memory crash-safe 1048576 5
 
+# Zero emulated as pwrite (a plugin without zero support below us): nbdkit
+# turns zero requests into this filter's pwrite; they must still be marked.
+"$NBDKIT" -U - --filter="$FILTER" --filter=nozero memory $((64 << 20)) \
+    zeromode=emulate bitmap-file=$PWD/emu.qcow2 \
+    --run 'nbdsh -u "$uri" -c "h.zero(70000, 3 << 20); h.zero(1, 10 << 20)"'
+printf '3145728 131072\n10485760 65536\n' > want
+map_ours emu.qcow2 dirtybitmap > got
+expect_map want got "zero emulated as pwrite"
+
 # Restart: bits accumulate across runs.
 "$NBDKIT" -U - --filter="$FILTER" memory $((256 << 20)) \
     bitmap-file=$PWD/bm-memory-qemu-65536.qcow2 bitmap-mode=qemu \

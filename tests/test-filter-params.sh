@@ -69,6 +69,13 @@ ln -s $PWD/good.qcow2 link.qcow2
 sum=$(md5sum < good.qcow2)
 [ "$(md5sum < good.qcow2)" = "$sum" ] || fail "a failed start modified good.qcow2"
 
+# A corrupt file: refused with the library's message, file untouched.
+$D create corrupt.qcow2 --size 1G
+printf '\2' | dd of=corrupt.qcow2 bs=1 seek=$((0x20000 + 16)) conv=notrunc status=none
+sum2=$(md5sum < corrupt.qcow2)
+bad_param "must be 1 (dirty tracking)" bitmap-file=$PWD/corrupt.qcow2
+[ "$(md5sum < corrupt.qcow2)" = "$sum2" ] || fail "failed start modified the corrupt file"
+
 # Size mismatch: refused per connection, both sizes named, file intact.
 set +e
 "$NBDKIT" -U - --filter="$FILTER" memory 2G bitmap-file=$PWD/good.qcow2 \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Proves each constraint of the format (every check QEMU makes, plus the
 # 2015 review's) has its own clear error from 'dirtybitmap check', exit 1
-# and never a crash; the filter refuses to start on a corrupt file and
-# leaves it untouched; --repair fixes the safely fixable cases.
+# and never a crash; --repair fixes the safely fixable cases.  (Also run
+# under ASan/UBSan by 'make check-sanitize'.)
 source "$srcdir/functions.sh"
 D=$DIRTYBITMAP
 
@@ -30,26 +30,13 @@ done < cases.tsv
 echo "$n malformed cases checked"
 [ $n -ge 50 ] || fail "too few cases"
 
-# The filter refuses a corrupt file with the library's message, untouched.
-requires "$NBDKIT" --version
-cp cases/type.qcow2 corrupt.qcow2
-sum=$(md5sum < corrupt.qcow2)
-set +e
-"$NBDKIT" --filter="$FILTER" memory 1G bitmap-file=$PWD/corrupt.qcow2 --run true 2> err
-rc=$?
-set -e
-[ $rc -ne 0 ] || fail "filter started on a corrupt file"
-grep -q "must be 1 (dirty tracking)" err || { cat err; fail "filter error message"; }
-[ "$(md5sum < corrupt.qcow2)" = "$sum" ] || fail "failed start modified the file"
-
 # Repairs: leaks, and autoclear bit 0 set without the extension.
 cp cases/leak.qcow2 leak.qcow2
 $D check --repair leak.qcow2 > out || { cat out; fail "repair of leaks"; }
 grep -q "repaired" out || fail "repair did not say what it did"
 $D check leak.qcow2 >/dev/null
 $D map leak.qcow2 alpha >/dev/null
-requires qemu-img --version
-qemu_check leak.qcow2
+if qemu-img --version >/dev/null 2>&1; then qemu_check leak.qcow2; fi
 $D create noext.qcow2 --size 1G --name only
 $D remove noext.qcow2 only
 printf '\0\0\0\0\0\0\0\1' | dd of=noext.qcow2 bs=1 seek=88 conv=notrunc status=none
@@ -57,7 +44,7 @@ set +e; $D check noext.qcow2 > out; rc=$?; set -e
 [ $rc -eq 1 ] && grep -q "set but there is no bitmaps extension" out || fail "autoclear-no-ext"
 $D check --repair noext.qcow2 | grep -q "cleared autoclear_features bit 0" || fail "repair bit"
 $D check noext.qcow2 >/dev/null
-qemu_check noext.qcow2
+if qemu-img --version >/dev/null 2>&1; then qemu_check noext.qcow2; fi
 # Not safely repairable: refused, file unchanged.
 cp cases/autoclear-clear.qcow2 ac.qcow2
 sum=$(md5sum < ac.qcow2)
