@@ -216,22 +216,37 @@ int
 bitmap_import (struct bitmap *bm, uint64_t byte_offset,
                const unsigned char *buf, size_t len)
 {
-  size_t i;
+  size_t i = 0;
 
-  for (i = 0; i < len; ++i) {
-    uint64_t bit = (byte_offset + i) * 8;
-    unsigned j;
+  /* Byte at a time up to a word boundary, then whole words: loading a
+   * large bitmap must not cost a loop per bit.
+   */
+  while (i < len) {
+    uint64_t b = byte_offset + i, bit = b * 8, w = 0, mask;
+    size_t n = 8 - (b & 7), k;
+    uint64_t leaf;
+    _Atomic uint64_t *words;
 
-    if (buf[i] == 0)
+    if (n > len - i)
+      n = len - i;
+    for (k = 0; k < n; ++k)
+      w |= (uint64_t) buf[i + k] << (((b & 7) + k) * 8);
+    i += n;
+    if (w == 0)
       continue;
-    for (j = 0; j < 8; ++j) {
-      if ((buf[i] >> j) & 1) {
-        if (bit + j >= bm->nbits)
-          return 0;
-        if (bitmap_set_bits (bm, bit + j, bit + j) == -1)
-          return -1;
-      }
+    bit &= ~UINT64_C (63);
+    if (bit >= bm->nbits)
+      return 0;
+    if (bm->nbits - bit < 64)
+      w &= (UINT64_C (1) << (bm->nbits - bit)) - 1;
+    leaf = bit / BITMAP_LEAF_BITS;
+    words = get_leaf (bm, leaf);
+    if (words == NULL) {
+      errno = ENOMEM;
+      return -1;
     }
+    mask = w;
+    set_word (bm, leaf, &words[(bit % BITMAP_LEAF_BITS) >> 6], mask);
   }
   return 0;
 }
@@ -264,6 +279,25 @@ bitmap_export (const struct bitmap *bm, uint64_t byte_offset,
     }
     i += n;
   }
+}
+
+int
+bitmap_copy (struct bitmap *dst, const struct bitmap *src)
+{
+  unsigned char buf[BITMAP_LEAF_BYTES];
+  uint64_t leaf, nbytes = bitmap_data_bytes (src);
+
+  for (leaf = 0; leaf < src->nleaves; ++leaf) {
+    uint64_t off = leaf * BITMAP_LEAF_BYTES;
+    size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
+      : BITMAP_LEAF_BYTES;
+    if (!bitmap_leaf_present (src, leaf))
+      continue;
+    bitmap_export (src, off, buf, len);
+    if (bitmap_import (dst, off, buf, len) == -1)
+      return -1;
+  }
+  return 0;
 }
 
 void

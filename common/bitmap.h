@@ -105,6 +105,9 @@ extern bool bitmap_take_changed (struct bitmap *bm, uint64_t leaf);
 /* Flag every present leaf as changed again (after a failed persist). */
 extern void bitmap_set_changed (struct bitmap *bm, uint64_t leaf);
 
+/* OR every bit of SRC into DST (same nbits).  -1 with ENOMEM. */
+extern int bitmap_copy (struct bitmap *dst, const struct bitmap *src);
+
 /* Drop every bit (not safe against concurrent marking). */
 extern void bitmap_clear (struct bitmap *bm);
 

@@ -197,6 +197,45 @@ parse_header (struct qcow2_image *img, const unsigned char *h,
   return 0;
 }
 
+const char *
+qcow2_layout_name (enum qcow2_layout layout)
+{
+  return layout == QCOW2_LAYOUT_DRAFT2015 ? "draft-2015" : "qemu";
+}
+
+/* The draft's 16-byte extension: nb_dirty_bitmaps u32,
+ * dirty_bitmap_directory_size u32, dirty_bitmap_directory_offset u64.
+ */
+static int
+parse_draft_ext (struct qcow2_image *img, const unsigned char *d,
+                 uint64_t off, struct dbm_err *err)
+{
+  img->layout = QCOW2_LAYOUT_DRAFT2015;
+  img->has_bitmaps_ext = true;
+  img->nb_bitmaps = get_be32 (d);
+  img->bitmap_directory_size = get_be32 (d + 4);
+  img->bitmap_directory_offset = get_be64 (d + 8);
+  if (img->nb_bitmaps == 0)
+    return BAD ("%s: nb_dirty_bitmaps (offset 0x%" PRIx64 ") is 0: the "
+                "extension must be omitted when there are no bitmaps",
+                img->path, off + 8);
+  if (img->nb_bitmaps > BME_MAX_BITMAPS)
+    return BAD ("%s: nb_dirty_bitmaps (offset 0x%" PRIx64 ") is %" PRIu32
+                ", the maximum is 65535", img->path, off + 8, img->nb_bitmaps);
+  if (img->bitmap_directory_size == 0 ||
+      img->bitmap_directory_size > UINT64_C (1024) * img->nb_bitmaps)
+    return BAD ("%s: dirty_bitmap_directory_size (offset 0x%" PRIx64 ") is %"
+                PRIu64 ": must be 1..1024 * nb_dirty_bitmaps (%" PRIu64 ")",
+                img->path, off + 12, img->bitmap_directory_size,
+                UINT64_C (1024) * img->nb_bitmaps);
+  if (img->bitmap_directory_offset == 0 ||
+      img->bitmap_directory_offset & (img->cluster_size - 1))
+    return BAD ("%s: dirty_bitmap_directory_offset (offset 0x%" PRIx64 ") is "
+                "0x%" PRIx64 ": must be non-zero and cluster-aligned",
+                img->path, off + 16, img->bitmap_directory_offset);
+  return 0;
+}
+
 static int
 parse_bitmaps_ext (struct qcow2_image *img, const unsigned char *d,
                    uint32_t len, uint64_t off, struct dbm_err *err)
@@ -205,9 +244,7 @@ parse_bitmaps_ext (struct qcow2_image *img, const unsigned char *d,
     return BAD ("%s: second bitmaps extension at offset 0x%" PRIx64,
                 img->path, off);
   if (len == BME_DRAFT_EXT_LENGTH)
-    return BAD ("%s: bitmaps extension at offset 0x%" PRIx64 " has length 16: "
-                "this is the 2015 draft layout, not supported here",
-                img->path, off);
+    return parse_draft_ext (img, d, off, err);
   if (len != BME_EXT_LENGTH)
     return BAD ("%s: bitmaps extension at offset 0x%" PRIx64 " has length "
                 "%" PRIu32 ", must be 24", img->path, off, len);
@@ -380,26 +417,59 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
     const unsigned char *e = dir + pos;
     uint64_t eoff = img->bitmap_directory_offset + pos;
     uint32_t extra;
-    uint64_t esize, k;
+    uint64_t esize, k, fixed;
     uint8_t type;
 
-    if (dsize - pos < BME_ENTRY_FIXED)
+    if (img->layout == QCOW2_LAYOUT_QEMU && dsize - pos < BME_ENTRY_FIXED)
       return BAD ("%s: bitmap directory (bitmap_directory_size %" PRIu64
                   ") ends after %" PRIu32 " of nb_bitmaps %" PRIu32
                   " entries", img->path, dsize, i, img->nb_bitmaps);
     b->dir_entry_offset = eoff;
-    b->bitmap_table_offset = get_be64 (e);
-    b->bitmap_table_size = get_be32 (e + 8);
-    b->flags = get_be32 (e + 12);
-    type = e[16];
-    b->granularity_bits = e[17];
-    b->name_size = get_be16 (e + 18);
-    extra = get_be32 (e + 20);
+    if (img->layout == QCOW2_LAYOUT_DRAFT2015) {
+      uint64_t nb_virtual_bits;
+      uint32_t g;
+
+      if (dsize - pos < DRAFT_ENTRY_FIXED)
+        return BAD ("%s: bitmap directory (dirty_bitmap_directory_size %"
+                    PRIu64 ") ends after %" PRIu32 " of nb_dirty_bitmaps %"
+                    PRIu32 " entries", img->path, dsize, i, img->nb_bitmaps);
+      b->bitmap_table_offset = get_be64 (e);
+      nb_virtual_bits = get_be64 (e + 8);
+      b->bitmap_table_size = get_be32 (e + 16);
+      g = get_be32 (e + 20);
+      b->flags = get_be32 (e + 24);
+      b->name_size = get_be16 (e + 28);
+      fixed = DRAFT_ENTRY_FIXED;
+      type = BME_TYPE_DIRTY_TRACKING;
+      extra = 0;
+      if (g > DRAFT_MAX_GRANULARITY_BITS)
+        return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%"
+                    PRIx64 "): granularity_bits is %" PRIu32 ", outside "
+                    "0..22 (512 bytes .. 2 GiB per bit)", img->path, i,
+                    eoff + 20, g);
+      b->granularity_bits = g + 9;
+      if (nb_virtual_bits == 0 || nb_virtual_bits > (UINT64_C (1) << 53))
+        return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%"
+                    PRIx64 "): nb_virtual_bits is %" PRIu64 ", must be "
+                    "1..2^53", img->path, i, eoff + 8, nb_virtual_bits);
+      b->size = nb_virtual_bits * 512;
+    }
+    else {
+      b->bitmap_table_offset = get_be64 (e);
+      b->bitmap_table_size = get_be32 (e + 8);
+      b->flags = get_be32 (e + 12);
+      type = e[16];
+      b->granularity_bits = e[17];
+      b->name_size = get_be16 (e + 18);
+      extra = get_be32 (e + 20);
+      fixed = BME_ENTRY_FIXED;
+      b->size = qcow2_virtual_size (img);
+    }
     if (extra != 0)
       return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
                   "): extra_data_size is %" PRIu32 ", extra data is not "
                   "supported", img->path, i, eoff + 20, extra);
-    esize = ((uint64_t) BME_ENTRY_FIXED + b->name_size + 7) / 8 * 8;
+    esize = ((uint64_t) fixed + b->name_size + 7) / 8 * 8;
     if (esize > dsize - pos)
       return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
                   ", name_size %" PRIu16 ") runs past the end of the "
@@ -413,13 +483,13 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
       return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
                   "): name_size is %" PRIu16 ", the maximum is 1023",
                   img->path, i, eoff + 18, b->name_size);
-    b->name = strndup ((const char *) e + BME_ENTRY_FIXED, b->name_size);
+    b->name = strndup ((const char *) e + fixed, b->name_size);
     if (b->name == NULL)
       return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
     if (strlen (b->name) != b->name_size)
       return BAD ("%s: bitmap directory entry %" PRIu32 " (offset 0x%" PRIx64
-                  "): the name contains a NUL byte", img->path, i, eoff + 24);
-    for (k = BME_ENTRY_FIXED + b->name_size; k < esize; ++k)
+                  "): the name contains a NUL byte", img->path, i, eoff + fixed);
+    for (k = fixed + b->name_size; k < esize; ++k)
       if (e[k] != 0)
         return BAD ("%s: bitmap '%s': padding byte at offset 0x%" PRIx64
                     " is 0x%02x, must be 0", img->path, b->name, eoff + k,
@@ -427,7 +497,18 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
     if (type != BME_TYPE_DIRTY_TRACKING)
       return BAD ("%s: bitmap '%s': type (offset 0x%" PRIx64 ") is %u, must "
                   "be 1 (dirty tracking)", img->path, b->name, eoff + 16, type);
-    if (b->flags & ~(BME_FLAG_IN_USE | BME_FLAG_AUTO))
+    if (img->layout == QCOW2_LAYOUT_DRAFT2015) {
+      if (b->flags & ~(DRAFT_FLAG_IN_USE | DRAFT_FLAG_SELF | DRAFT_FLAG_AUTO |
+                       DRAFT_FLAG_READ_ONLY))
+        return BAD ("%s: bitmap '%s': flags (offset 0x%" PRIx64 ") is 0x%"
+                    PRIx32 ": reserved bits set", img->path, b->name,
+                    eoff + 24, b->flags);
+      if ((b->flags & DRAFT_FLAG_AUTO) && !(b->flags & DRAFT_FLAG_SELF))
+        return BAD ("%s: bitmap '%s': flags (offset 0x%" PRIx64 ") is 0x%"
+                    PRIx32 ": auto is set without self", img->path, b->name,
+                    eoff + 24, b->flags);
+    }
+    else if (b->flags & ~(BME_FLAG_IN_USE | BME_FLAG_AUTO))
       return BAD ("%s: bitmap '%s': flags (offset 0x%" PRIx64 ") is 0x%"
                   PRIx32 ": reserved bits set", img->path, b->name, eoff + 12,
                   b->flags);
@@ -447,7 +528,8 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
         BME_MAX_PHYS_SIZE)
       return BAD ("%s: bitmap '%s': bitmap_table_size (offset 0x%" PRIx64
                   ") is %" PRIu32 ": must be 1..%" PRIu64, img->path, b->name,
-                  eoff + 8, b->bitmap_table_size,
+                  eoff + (img->layout == QCOW2_LAYOUT_DRAFT2015 ? 16 : 8),
+                  b->bitmap_table_size,
                   BME_MAX_PHYS_SIZE >> img->cluster_bits);
     for (j = 0; j < i; ++j)
       if (strcmp (img->bitmaps[j].name, b->name) == 0)
@@ -456,7 +538,7 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
                     b->name, i, eoff);
     b->inconsistent = (b->flags & BME_FLAG_IN_USE) || img->ext_inconsistent;
     if (!(b->flags & BME_FLAG_IN_USE)) {
-      uint64_t want = qcow2_required_table_size (img->size, b->granularity_bits,
+      uint64_t want = qcow2_required_table_size (b->size, b->granularity_bits,
                                                  img->cluster_bits);
       if (b->bitmap_table_size != want)
         return BAD ("%s: bitmap '%s': bitmap_table_size (offset 0x%" PRIx64
@@ -499,7 +581,8 @@ parse_tables (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
       uint64_t eoff = b->bitmap_table_offset + (uint64_t) j * 8;
 
       b->table[j] = e;
-      if (e & BME_TABLE_RESERVED)
+      if (e & (img->layout == QCOW2_LAYOUT_DRAFT2015 ? DRAFT_TABLE_RESERVED
+               : BME_TABLE_RESERVED))
         return BAD ("%s: bitmap '%s': table entry %" PRIu32 " (offset 0x%"
                     PRIx64 ") is 0x%" PRIx64 ": reserved bits set", img->path,
                     b->name, j, eoff, e);
@@ -622,8 +705,7 @@ load_data (struct qcow2_image *img, struct dbm_err *err)
     struct qcow2_bitmap *b = &img->bitmaps[i];
     uint64_t nbytes;
 
-    if (bitmap_init (&b->bits, qcow2_virtual_size (img),
-                     b->granularity_bits) == -1)
+    if (bitmap_init (&b->bits, b->size, b->granularity_bits) == -1)
       return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
                          b->name);
     if (b->inconsistent)
@@ -758,7 +840,7 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
       struct qcow2_bitmap *b = &img->bitmaps[i];
       if (b->inconsistent && !img->ext_inconsistent &&
           b->bitmap_table_size ==
-          qcow2_required_table_size (img->size, b->granularity_bits,
+          qcow2_required_table_size (b->size, b->granularity_bits,
                                      img->cluster_bits))
         b->inconsistent = false;
     }
@@ -775,7 +857,8 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
 }
 
 struct qcow2_image *
-qcow2_new (uint64_t size, unsigned cluster_bits, struct dbm_err *err)
+qcow2_new (uint64_t size, unsigned cluster_bits, enum qcow2_layout layout,
+           struct dbm_err *err)
 {
   struct qcow2_image *img;
 
@@ -794,6 +877,7 @@ qcow2_new (uint64_t size, unsigned cluster_bits, struct dbm_err *err)
     return NULL;
   }
   img->fd = -1;
+  img->layout = layout;
   img->cluster_bits = cluster_bits;
   img->cluster_size = UINT64_C (1) << cluster_bits;
   img->size = (size + 511) & ~UINT64_C (511);
@@ -839,12 +923,30 @@ qcow2_find_bitmap (const struct qcow2_image *img, const char *name)
 
 int
 qcow2_add_bitmap (struct qcow2_image *img, const char *name,
-                  unsigned granularity_bits, uint32_t flags,
+                  unsigned granularity_bits, uint32_t flags, uint64_t size,
                   struct dbm_err *err)
 {
   struct qcow2_bitmap *nb, *b;
 
-  if (qcow2_check_bitmap_params (img->size, name, granularity_bits,
+  if (img->layout == QCOW2_LAYOUT_QEMU) {
+    if (size != 0 && ((size + 511) & ~UINT64_C (511)) != qcow2_virtual_size (img))
+      return BAD ("bitmap '%s': size %" PRIu64 " differs from the virtual "
+                  "size %" PRIu64 " (in QEMU's layout every bitmap covers "
+                  "the whole image)", name, size, qcow2_virtual_size (img));
+    size = qcow2_virtual_size (img);
+    flags &= BME_FLAG_AUTO | BME_FLAG_IN_USE;
+  }
+  else {
+    if (size == 0)
+      return BAD ("bitmap '%s': a draft-2015 bitmap needs the size of the "
+                  "drive it tracks", name);
+    if (size > (UINT64_C (1) << 62))
+      return BAD ("bitmap '%s': size %" PRIu64 " is too large", name, size);
+    size = (size + 511) & ~UINT64_C (511);
+    flags &= DRAFT_FLAG_IN_USE | DRAFT_FLAG_SELF | DRAFT_FLAG_AUTO |
+      DRAFT_FLAG_READ_ONLY;
+  }
+  if (qcow2_check_bitmap_params (size, name, granularity_bits,
                                  img->cluster_bits, err) == -1)
     return -1;
   if (qcow2_find_bitmap (img, name) >= 0)
@@ -859,15 +961,30 @@ qcow2_add_bitmap (struct qcow2_image *img, const char *name,
   memset (b, 0, sizeof *b);
   b->name = strdup (name);
   if (b->name == NULL ||
-      bitmap_init (&b->bits, qcow2_virtual_size (img), granularity_bits) == -1) {
+      bitmap_init (&b->bits, size, granularity_bits) == -1) {
     free (b->name);
     return dbm_seterr (err, ENOMEM, "out of memory");
   }
   b->name_size = strlen (name);
   b->granularity_bits = granularity_bits;
-  b->flags = flags & (BME_FLAG_AUTO | BME_FLAG_IN_USE);
+  b->size = size;
+  b->flags = flags;
   img->nb_bitmaps++;
   return 0;
+}
+
+bool
+qcow2_bitmap_enabled (const struct qcow2_image *img,
+                      const struct qcow2_bitmap *b)
+{
+  return (b->flags & qcow2_enabled_flags (img)) != 0;
+}
+
+uint32_t
+qcow2_enabled_flags (const struct qcow2_image *img)
+{
+  return img->layout == QCOW2_LAYOUT_DRAFT2015 ? DRAFT_FLAG_AUTO
+    : BME_FLAG_AUTO;
 }
 
 void

@@ -53,9 +53,11 @@ div_up (uint64_t a, uint64_t b)
 }
 
 static uint64_t
-entry_size (const struct qcow2_bitmap *b)
+entry_size (const struct qcow2_image *img, const struct qcow2_bitmap *b)
 {
-  return (BME_ENTRY_FIXED + (uint64_t) b->name_size + 7) / 8 * 8;
+  uint64_t fixed = img->layout == QCOW2_LAYOUT_DRAFT2015 ? DRAFT_ENTRY_FIXED
+    : BME_ENTRY_FIXED;
+  return (fixed + b->name_size + 7) / 8 * 8;
 }
 
 /* Assign offsets to every structure; returns the file size in clusters. */
@@ -71,7 +73,7 @@ layout (struct qcow2_image *img, uint64_t *data_offsets, uint64_t *totalp,
   n += div_up ((uint64_t) img->l1_size * 8, C);
 
   for (i = 0; i < img->nb_bitmaps; ++i)
-    dsize += entry_size (&img->bitmaps[i]);
+    dsize += entry_size (img, &img->bitmaps[i]);
   img->has_bitmaps_ext = img->nb_bitmaps > 0;
   img->bitmap_directory_size = dsize;
   img->bitmap_directory_offset = dsize ? n * C : 0;
@@ -79,9 +81,9 @@ layout (struct qcow2_image *img, uint64_t *data_offsets, uint64_t *totalp,
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    uint64_t tsize = qcow2_required_table_size (img->size, b->granularity_bits,
+    uint64_t tsize = qcow2_required_table_size (b->size, b->granularity_bits,
                                                 img->cluster_bits);
-    if (qcow2_check_bitmap_params (img->size, b->name, b->granularity_bits,
+    if (qcow2_check_bitmap_params (b->size, b->name, b->granularity_bits,
                                    img->cluster_bits, err) == -1)
       return -1;
     b->bitmap_table_size = tsize;
@@ -133,7 +135,15 @@ write_header (struct qcow2_image *img, int fd, struct dbm_err *err)
   put_be64 (h + 88, img->autoclear_features);
   put_be32 (h + 96, img->refcount_order);
   put_be32 (h + 100, img->header_length);
-  if (img->nb_bitmaps) {
+  if (img->nb_bitmaps && img->layout == QCOW2_LAYOUT_DRAFT2015) {
+    put_be32 (h + off, QCOW2_EXT_BITMAPS);
+    put_be32 (h + off + 4, BME_DRAFT_EXT_LENGTH);
+    put_be32 (h + off + 8, img->nb_bitmaps);
+    put_be32 (h + off + 12, img->bitmap_directory_size);
+    put_be64 (h + off + 16, img->bitmap_directory_offset);
+    off += 8 + BME_DRAFT_EXT_LENGTH;
+  }
+  else if (img->nb_bitmaps) {
     put_be32 (h + off, QCOW2_EXT_BITMAPS);
     put_be32 (h + off + 4, BME_EXT_LENGTH);
     put_be32 (h + off + 8, img->nb_bitmaps);
@@ -163,14 +173,25 @@ write_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
     unsigned char *e = d + pos;
 
     b->dir_entry_offset = img->bitmap_directory_offset + pos;
-    put_be64 (e, b->bitmap_table_offset);
-    put_be32 (e + 8, b->bitmap_table_size);
-    put_be32 (e + 12, b->flags);
-    e[16] = BME_TYPE_DIRTY_TRACKING;
-    e[17] = b->granularity_bits;
-    put_be16 (e + 18, b->name_size);
-    memcpy (e + BME_ENTRY_FIXED, b->name, b->name_size);
-    pos += entry_size (b);
+    if (img->layout == QCOW2_LAYOUT_DRAFT2015) {
+      put_be64 (e, b->bitmap_table_offset);
+      put_be64 (e + 8, b->size / 512);                  /* nb_virtual_bits */
+      put_be32 (e + 16, b->bitmap_table_size);
+      put_be32 (e + 20, b->granularity_bits - 9);       /* in sectors */
+      put_be32 (e + 24, b->flags);
+      put_be16 (e + 28, b->name_size);
+      memcpy (e + DRAFT_ENTRY_FIXED, b->name, b->name_size);
+    }
+    else {
+      put_be64 (e, b->bitmap_table_offset);
+      put_be32 (e + 8, b->bitmap_table_size);
+      put_be32 (e + 12, b->flags);
+      e[16] = BME_TYPE_DIRTY_TRACKING;
+      e[17] = b->granularity_bits;
+      put_be16 (e + 18, b->name_size);
+      memcpy (e + BME_ENTRY_FIXED, b->name, b->name_size);
+    }
+    pos += entry_size (img, b);
   }
   if (qcow2_pwrite_full (fd, d, pos, img->bitmap_directory_offset) == -1)
     return dbm_seterr (err, errno, "write bitmap directory: %m");
@@ -366,7 +387,9 @@ qcow2_write_flags (struct qcow2_image *img, int i, uint32_t flags,
 
   /* One aligned 4-byte write: atomic against a crash at any instant. */
   put_be32 (be, flags);
-  if (qcow2_pwrite_full (img->fd, be, 4, b->dir_entry_offset + 12) == -1)
+  if (qcow2_pwrite_full (img->fd, be, 4, b->dir_entry_offset +
+                         (img->layout == QCOW2_LAYOUT_DRAFT2015 ? 24 : 12))
+      == -1)
     return dbm_seterr (err, errno, "%s: write flags of bitmap '%s': %m",
                        img->path, b->name);
   b->flags = flags;

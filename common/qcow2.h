@@ -47,11 +47,34 @@
 #define BME_TABLE_ALL_ONES          UINT64_C (1)
 #define BME_TABLE_RESERVED          UINT64_C (0xff000000000001fe)
 
+/* The 2015 draft layout (qcow2-dirty-bitmaps-draft-2015.txt): a 16-byte
+ * extension, 30-byte fixed entries with nb_virtual_bits, granularity in
+ * 512-byte sectors, and flags in_use, self, auto (only with self),
+ * read_only.  Bitmaps may cover drives of any size: the container itself
+ * has virtual size 0.
+ */
+#define DRAFT_ENTRY_FIXED           30
+#define DRAFT_FLAG_IN_USE           UINT32_C (1)
+#define DRAFT_FLAG_SELF             UINT32_C (2)
+#define DRAFT_FLAG_AUTO             UINT32_C (4)
+#define DRAFT_FLAG_READ_ONLY        UINT32_C (8)
+#define DRAFT_MAX_GRANULARITY_BITS  22          /* 2^22 sectors = 2 GiB */
+#define DRAFT_TABLE_RESERVED        UINT64_C (0xff000000000001ff)
+
+enum qcow2_layout { QCOW2_LAYOUT_QEMU, QCOW2_LAYOUT_DRAFT2015 };
+
+extern const char *qcow2_layout_name (enum qcow2_layout layout);
+
 struct qcow2_bitmap {
   char *name;                   /* NUL-terminated copy of the name */
   uint16_t name_size;
+  /* Bytes of disk per bit, log2, in both layouts (draft: sectors + 9). */
   uint8_t granularity_bits;
-  uint32_t flags;               /* BME_FLAG_* */
+  uint32_t flags;               /* as on disk: BME_FLAG_* or DRAFT_FLAG_* */
+  /* Bytes of disk the bitmap covers: the virtual size (QEMU's layout) or
+   * nb_virtual_bits * 512 (draft).
+   */
+  uint64_t size;
   uint64_t bitmap_table_offset;
   uint32_t bitmap_table_size;
   uint64_t *table;              /* bitmap_table_size entries, host order */
@@ -66,6 +89,7 @@ struct qcow2_bitmap {
 struct qcow2_image {
   char *path;
   int fd;                       /* -1 for an image built in memory */
+  enum qcow2_layout layout;
 
   uint32_t cluster_bits;
   uint64_t cluster_size;
@@ -127,9 +151,10 @@ extern int qcow2_open (const char *path, unsigned flags,
                        struct qcow2_image **imgp, struct dbm_err *err);
 
 /* An empty image model (not yet on disk) of SIZE bytes (rounded up to
- * 512) with cluster size 1 << CLUSTER_BITS.
+ * 512) with cluster size 1 << CLUSTER_BITS.  A draft container has size 0.
  */
 extern struct qcow2_image *qcow2_new (uint64_t size, unsigned cluster_bits,
+                                      enum qcow2_layout layout,
                                       struct dbm_err *err);
 
 extern void qcow2_close (struct qcow2_image *img);
@@ -137,10 +162,25 @@ extern void qcow2_close (struct qcow2_image *img);
 extern int qcow2_find_bitmap (const struct qcow2_image *img,
                               const char *name);
 
-/* Add an empty bitmap to the model. */
+/* Add an empty bitmap to the model.  SIZE is the disk it covers: 0 means
+ * the image's virtual size (required in QEMU's layout); in the draft layout
+ * it is rounded up to 512.
+ */
 extern int qcow2_add_bitmap (struct qcow2_image *img, const char *name,
                              unsigned granularity_bits, uint32_t flags,
-                             struct dbm_err *err);
+                             uint64_t size, struct dbm_err *err);
+
+/* The flag meanings that differ between layouts. */
+extern bool qcow2_bitmap_enabled (const struct qcow2_image *img,
+                                  const struct qcow2_bitmap *b);
+extern uint32_t qcow2_enabled_flags (const struct qcow2_image *img);
+static inline bool
+qcow2_bitmap_read_only (const struct qcow2_image *img,
+                        const struct qcow2_bitmap *b)
+{
+  return img->layout == QCOW2_LAYOUT_DRAFT2015 &&
+    (b->flags & DRAFT_FLAG_READ_ONLY);
+}
 extern void qcow2_remove_bitmap (struct qcow2_image *img, int i);
 
 /* Write the model as a complete new file at PATH, atomically: a temporary

@@ -49,8 +49,16 @@ tracker_free (struct tracker *tr)
   free (tr);
 }
 
-/* Every enabled (auto) bitmap is tracked, each at its own granularity,
- * as QEMU does; disabled bitmaps are carried along untouched.
+static bool
+is_tracked (const struct tracker *tr, const struct qcow2_bitmap *b)
+{
+  if (tr->img->layout == QCOW2_LAYOUT_DRAFT2015)
+    return strcmp (b->name, tr->cfg.bitmap_name) == 0;
+  return (b->flags & BME_FLAG_AUTO) != 0;
+}
+
+/* Every tracked bitmap is marked at its own granularity; the others are
+ * carried along untouched.
  */
 static int
 setup_tracked (struct tracker *tr, struct dbm_err *err)
@@ -67,7 +75,7 @@ setup_tracked (struct tracker *tr, struct dbm_err *err)
     struct tracked *t;
     uint64_t region_bits, words;
 
-    if (!(b->flags & BME_FLAG_AUTO))
+    if (!is_tracked (tr, b))
       continue;
     t = &tr->t[tr->nt++];
     t->idx = i;
@@ -105,7 +113,10 @@ apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
 
-    if (!b->inconsistent)
+    if (!(b->flags & BME_FLAG_IN_USE) && !img->ext_inconsistent)
+      continue;
+    /* The draft container's other bitmaps belong to other drives. */
+    if (img->layout == QCOW2_LAYOUT_DRAFT2015 && !is_tracked (tr, b))
       continue;
     if (tr->cfg.in_use_policy == IN_USE_REFUSE)
       return dbm_seterr (err, EINVAL, "%s: bitmap '%s' is in use or "
@@ -133,7 +144,10 @@ commit_and_track (struct tracker *tr, bool create, struct dbm_err *err)
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    if (tr->cfg.mode == TRACKER_QEMU && (b->flags & BME_FLAG_AUTO))
+    if (qcow2_bitmap_read_only (img, b) && is_tracked (tr, b))
+      return dbm_seterr (err, EPERM, "%s: bitmap '%s' is read_only",
+                         tr->cfg.path, b->name);
+    if (tr->cfg.mode == TRACKER_QEMU && is_tracked (tr, b))
       b->flags |= BME_FLAG_IN_USE;
   }
   if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
@@ -180,8 +194,20 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
                 cfg->path);
     goto fail;
   }
-  if (qcow2_open (tr->cfg.path, QCOW2_OPEN_RW, &tr->img, err) == -1)
+  /* In-use bitmaps' last contents are loaded too, so that bitmaps this
+   * filter does not track are rewritten as they were.
+   */
+  if (qcow2_open (cfg->path, QCOW2_OPEN_RW | QCOW2_OPEN_LOAD_IN_USE,
+                  &tr->img, err) == -1)
     goto fail;
+  if (tr->img->layout != cfg->layout) {
+    dbm_seterr (err, EINVAL, "%s: the file has the %s layout but "
+                "bitmap-format=%s (set bitmap-format=%s)", cfg->path,
+                qcow2_layout_name (tr->img->layout),
+                qcow2_layout_name (cfg->layout),
+                qcow2_layout_name (tr->img->layout));
+    goto fail;
+  }
   if (qemu_lock_write (tr->img->fd, tr->cfg.path, err) == -1)
     goto fail;
   if (tr->img->ext_inconsistent && tr->cfg.in_use_policy == IN_USE_REFUSE) {
@@ -191,9 +217,11 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   }
   if (apply_in_use_policy (tr, err) == -1)
     goto fail;
-  if (qcow2_find_bitmap (tr->img, cfg->bitmap_name) < 0 &&
+  /* A draft bitmap is sized from the export: added in tracker_set_size. */
+  if (tr->img->layout == QCOW2_LAYOUT_QEMU &&
+      qcow2_find_bitmap (tr->img, cfg->bitmap_name) < 0 &&
       qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
-                        BME_FLAG_AUTO, err) == -1)
+                        BME_FLAG_AUTO, 0, err) == -1)
     goto fail;
   if (commit_and_track (tr, false, err) == -1)
     goto fail;
@@ -208,34 +236,59 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
 uint64_t
 tracker_size (const struct tracker *tr)
 {
-  return tr->img ? qcow2_virtual_size (tr->img) : 0;
+  int i;
+
+  if (tr->img == NULL)
+    return 0;
+  if (tr->img->layout == QCOW2_LAYOUT_QEMU)
+    return qcow2_virtual_size (tr->img);
+  i = qcow2_find_bitmap (tr->img, tr->cfg.bitmap_name);
+  return i < 0 ? 0 : tr->img->bitmaps[i].size;
 }
 
 int
 tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
 {
   uint64_t want = (size + 511) & ~UINT64_C (511);
+  uint64_t have = tracker_size (tr);
+  bool created = false;
 
-  if (tr->img) {
-    if (qcow2_virtual_size (tr->img) != want)
+  if (have) {
+    if (have != want)
       return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
-                         "up to %" PRIu64 ") does not match the bitmap file's "
-                         "virtual size %" PRIu64, tr->cfg.path, size, want,
-                         qcow2_virtual_size (tr->img));
+                         "up to %" PRIu64 ") does not match the size %" PRIu64
+                         " of bitmap '%s' in the file", tr->cfg.path, size,
+                         want, have, tr->cfg.bitmap_name);
     return 0;
   }
-  tr->img = qcow2_new (size, QCOW2_DEFAULT_CLUSTER_BITS, err);
-  if (tr->img == NULL)
-    return -1;
+  if (tr->img == NULL) {
+    bool draft = tr->cfg.layout == QCOW2_LAYOUT_DRAFT2015;
+    tr->img = qcow2_new (draft ? 0 : size, QCOW2_DEFAULT_CLUSTER_BITS,
+                         tr->cfg.layout, err);
+    if (tr->img == NULL)
+      return -1;
+    created = true;
+  }
   if (qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name,
-                        tr->cfg.granularity_bits, BME_FLAG_AUTO, err) == -1 ||
-      commit_and_track (tr, true, err) == -1) {
-    qcow2_close (tr->img);
-    tr->img = NULL;
+                        tr->cfg.granularity_bits,
+                        tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
+                        size, err) == -1 ||
+      commit_and_track (tr, created, err) == -1) {
+    if (created) {
+      qcow2_close (tr->img);
+      tr->img = NULL;
+    }
+    else {
+      int i = qcow2_find_bitmap (tr->img, tr->cfg.bitmap_name);
+      if (i >= 0)
+        qcow2_remove_bitmap (tr->img, i);
+    }
     return -1;
   }
-  tr->cfg.log ("created %s: virtual size %" PRIu64 ", bitmap '%s'",
-               tr->cfg.path, want, tr->cfg.bitmap_name);
+  if (created)
+    tr->cfg.log ("created %s (%s layout): bitmap '%s' for %" PRIu64 " bytes",
+                 tr->cfg.path, qcow2_layout_name (tr->img->layout),
+                 tr->cfg.bitmap_name, want);
   return 0;
 }
 

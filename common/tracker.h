@@ -33,6 +33,7 @@ enum tracker_in_use { IN_USE_DIRTY, IN_USE_REFUSE };
 
 struct tracker_config {
   const char *path;
+  enum qcow2_layout layout;     /* the layout the user asked for */
   const char *bitmap_name;
   unsigned granularity_bits;    /* for a bitmap we create */
   enum tracker_mode mode;
@@ -73,6 +74,10 @@ struct tracker {
  * apply the in_use policy, add the named bitmap if absent, and rewrite the
  * file in the canonical layout (atomically).  If the file does not exist,
  * nothing is created until tracker_set_size.
+ *
+ * Which bitmaps are tracked: in QEMU's layout every enabled (auto) one, as
+ * QEMU does; in the draft-2015 layout only the one named bitmap_name (the
+ * container holds bitmaps for other drives, left as they are).
  */
 extern int tracker_open (const struct tracker_config *cfg,
                          struct tracker **trp, struct dbm_err *err);

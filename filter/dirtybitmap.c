@@ -27,6 +27,7 @@ static char *bitmap_file;
 static const char *bitmap_name = "dirtybitmap";
 static unsigned granularity_bits = 16;
 static enum tracker_mode mode = TRACKER_CRASH_SAFE;
+static enum qcow2_layout layout = QCOW2_LAYOUT_QEMU;
 static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
 static uint64_t region_size = UINT64_C (64) << 20;
 static unsigned persist_interval = 30;
@@ -106,6 +107,17 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     }
     return 0;
   }
+  if (strcmp (key, "bitmap-format") == 0) {
+    if (strcmp (value, "qemu") == 0)
+      layout = QCOW2_LAYOUT_QEMU;
+    else if (strcmp (value, "draft-2015") == 0)
+      layout = QCOW2_LAYOUT_DRAFT2015;
+    else {
+      nbdkit_error ("bitmap-format: '%s' is not qemu or draft-2015", value);
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "bitmap-in-use") == 0) {
     if (strcmp (value, "dirty") == 0)
       in_use_policy = IN_USE_DIRTY;
@@ -157,6 +169,7 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "bitmap-name=<NAME>        Bitmap to create if absent (default dirtybitmap).\n" \
   "bitmap-granularity=<SIZE> Granularity of a created bitmap (default 64K).\n" \
   "bitmap-mode=crash-safe|qemu  Persistence mode (default crash-safe).\n" \
+  "bitmap-format=qemu|draft-2015 File layout (default qemu).\n" \
   "bitmap-in-use=dirty|refuse   A bitmap found in use (default dirty).\n" \
   "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write (64M).\n" \
   "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30)."
@@ -168,7 +181,7 @@ static int
 dirtybitmap_get_ready (int thread_model)
 {
   struct tracker_config cfg = {
-    .path = bitmap_file, .bitmap_name = bitmap_name,
+    .path = bitmap_file, .layout = layout, .bitmap_name = bitmap_name,
     .granularity_bits = granularity_bits, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
     .log = log_note,

@@ -11,6 +11,7 @@ import struct
 import sys
 
 base, outdir = sys.argv[1], sys.argv[2]
+draft = len(sys.argv) > 3 and sys.argv[3] == "draft"
 data = bytearray(open(base, "rb").read())
 be32 = lambda o: struct.unpack_from(">I", data, o)[0]
 be64 = lambda o: struct.unpack_from(">Q", data, o)[0]
@@ -40,6 +41,38 @@ def case(name, expect, edits, truncate=None):
     cases.append((path, expect))
 
 
+if draft:
+    # The draft layout: 16-byte extension, 30-byte fixed entries.
+    NB = EXT + 8
+    DSIZE = EXT + 12
+    DOFF = EXT + 16
+    DIR = be64(DOFF)
+    E0 = DIR
+    name0 = struct.unpack_from(">H", data, E0 + 28)[0]
+    E1 = E0 + (30 + name0 + 7) // 8 * 8
+    T0 = be64(E0)
+    case("d-nb-0", "nb_dirty_bitmaps (offset 0x78) is 0", [(NB, ">I", 0)])
+    case("d-dir-size-0", "dirty_bitmap_directory_size (offset 0x7c) is 0", [(DSIZE, ">I", 0)])
+    case("d-dir-size-1024nb", "must be 1..1024 * nb_dirty_bitmaps", [(DSIZE, ">I", 2049)])
+    case("d-dir-size-sum", "entries take", [(DSIZE, ">I", be32(DSIZE) + 8)])
+    case("d-dir-offset", "dirty_bitmap_directory_offset (offset 0x80)", [(DOFF, ">Q", DIR + 8)])
+    case("d-nb-more", "ends after 2 of nb_dirty_bitmaps 3", [(NB, ">I", 3)])
+    case("d-virtual-bits-0", "nb_virtual_bits is 0", [(E0 + 8, ">Q", 0)])
+    case("d-table-size", "needs exactly 1", [(E0 + 16, ">I", 2)])
+    case("d-table-size-max", "bitmap_table_size (offset", [(E0 + 16, ">I", 0x8000001)])
+    case("d-granularity", "granularity_bits is 23, outside 0..22", [(E0 + 20, ">I", 23)])
+    case("d-flags-reserved", "reserved bits set", [(E0 + 24, ">I", 16)])
+    case("d-auto-no-self", "auto is set without self", [(E0 + 24, ">I", 4)])
+    case("d-name-empty", "name_size is 0", [(E0 + 28, ">H", 0)])
+    case("d-padding", "padding byte", [(E0 + 30 + name0, ">B", 0x55)])
+    case("d-duplicate", "is used twice", [(E1 + 30, "", bytes(data[E0 + 30:E0 + 30 + name0]))])
+    case("d-table-bit0", "reserved bits set", [(T0, ">Q", be64(T0) | 1)])
+    case("d-table-reserved", "reserved bits set", [(T0, ">Q", be64(T0) | (1 << 60))])
+    case("d-table-offset", "bitmap_table_offset (offset", [(E0, ">Q", 0)])
+    for path, expect in cases:
+        print("%s\t%s" % (path, expect))
+    sys.exit(0)
+
 case("magic", "not a qcow2 file", [(0, ">I", 0x12345678)])
 case("version2", "qcow2 version 2", [(4, ">I", 2)])
 case("cluster-bits-8", "cluster_bits (offset 20) is 8", [(20, ">I", 8)])
@@ -56,7 +89,7 @@ case("incompat-unknown", "unknown feature bits", [(72, ">Q", 1 << 40)])
 case("refcount-order", "refcount_order (offset 96) is 7", [(96, ">I", 7)])
 case("header-length", "header_length (offset 100) is 100", [(100, ">I", 100)])
 case("short", "too short for a qcow2 header", [], truncate=50)
-case("ext-draft", "2015 draft layout", [(EXT + 4, ">I", 16)])
+case("ext-draft", "dirty_bitmap_directory_size (offset 0x7c) is 0", [(EXT + 4, ">I", 16)])
 case("ext-length", "has length 20, must be 24", [(EXT + 4, ">I", 20)])
 case("ext-overflow", "past the end of cluster 0", [(EXT + 4, ">I", C)])
 case("nb-bitmaps-0", "nb_bitmaps (offset 0x78) is 0", [(EXT + 8, ">I", 0)])

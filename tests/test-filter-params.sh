@@ -81,7 +81,7 @@ set +e
 "$NBDKIT" -U - --filter="$FILTER" memory 2G bitmap-file=$PWD/good.qcow2 \
     --run 'nbdsh -u "$uri" -c "pass"' > out 2>&1
 set -e
-grep -q "export size 2147483648 (rounded up to 2147483648) does not match the bitmap file's virtual size 1073741824" out ||
+grep -q "export size 2147483648 (rounded up to 2147483648) does not match the size 1073741824 of bitmap 'dirtybitmap' in the file" out ||
     { cat out; fail "size mismatch message"; }
 $D check good.qcow2 >/dev/null
 

@@ -39,11 +39,11 @@ test_round_trip (void)
   unsigned char h[512], ones[2] = { 0xff, 0x01 };
   int fd;
 
-  img = qcow2_new (UINT64_C (10) << 30, 16, &err);
+  img = qcow2_new (UINT64_C (10) << 30, 16, QCOW2_LAYOUT_QEMU, &err);
   CHECK (img != NULL);
-  CHECK (qcow2_add_bitmap (img, "b0", 16, BME_FLAG_AUTO, &err) == 0);
-  CHECK (qcow2_add_bitmap (img, "fine", 9, 0, &err) == 0);
-  CHECK (qcow2_add_bitmap (img, "b0", 16, 0, &err) == -1);     /* duplicate */
+  CHECK (qcow2_add_bitmap (img, "b0", 16, BME_FLAG_AUTO, 0, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "fine", 9, 0, 0, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "b0", 16, 0, 0, &err) == -1);     /* duplicate */
   bitmap_mark (&img->bitmaps[0].bits, 0, 65536);
   bitmap_mark (&img->bitmaps[0].bits, UINT64_C (5) << 30, 4096);
   bitmap_mark (&img->bitmaps[1].bits, 1 << 20, 1000);
@@ -110,8 +110,8 @@ test_cluster_sizes (void)
   struct dbm_err err;
 
   for (cb = 9; cb <= 21; cb += 3) {
-    struct qcow2_image *img = qcow2_new (UINT64_C (3) << 30, cb, &err), *back;
-    CHECK (img && qcow2_add_bitmap (img, "x", 12, BME_FLAG_AUTO, &err) == 0);
+    struct qcow2_image *img = qcow2_new (UINT64_C (3) << 30, cb, QCOW2_LAYOUT_QEMU, &err), *back;
+    CHECK (img && qcow2_add_bitmap (img, "x", 12, BME_FLAG_AUTO, 0, &err) == 0);
     bitmap_mark (&img->bitmaps[0].bits, 12345, 999999);
     CHECK (qcow2_commit (img, path, NULL, &err) == 0);
     CHECK (qcow2_open (path, 0, &back, &err) == 0);
@@ -127,6 +127,72 @@ test_cluster_sizes (void)
   }
 }
 
+/* The draft's container, field by field at the offsets of the 2015 text. */
+static void
+test_draft_golden (void)
+{
+  struct dbm_err err;
+  struct qcow2_image *img, *back;
+  unsigned char h[256], e[128], t[8], d[4];
+  uint64_t dir, table;
+  int fd;
+
+  img = qcow2_new (0, 16, QCOW2_LAYOUT_DRAFT2015, &err);
+  CHECK (img != NULL);
+  CHECK (qcow2_add_bitmap (img, "drive-a", 16, 0, UINT64_C (10) << 30, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "b", 20, DRAFT_FLAG_SELF | DRAFT_FLAG_AUTO,
+                           1000, &err) == 0);
+  CHECK (qcow2_add_bitmap (img, "x", 16, DRAFT_FLAG_AUTO, 0, &err) == -1);
+  bitmap_mark (&img->bitmaps[0].bits, 65536 * 9, 1);      /* bit 9 */
+  CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+  fd = open (path, O_RDONLY);
+  CHECK (pread (fd, h, sizeof h, 0) == sizeof h);
+  CHECK_EQ (get_be64 (h + 24), 0);              /* container size 0 */
+  CHECK_EQ (get_be32 (h + 36), 0);              /* l1_size */
+  CHECK_EQ (get_be64 (h + 40), 0);              /* l1_table_offset */
+  CHECK_EQ (get_be64 (h + 88), 1);              /* autoclear bit 0 */
+  CHECK_EQ (get_be32 (h + 112), 0x23852875);
+  CHECK_EQ (get_be32 (h + 116), 16);            /* draft extension length */
+  CHECK_EQ (get_be32 (h + 120), 2);             /* nb_dirty_bitmaps */
+  CHECK_EQ (get_be32 (h + 124), 40 + 32);       /* directory size: 30+7, 30+1 */
+  dir = get_be64 (h + 128);                     /* directory offset */
+  CHECK_EQ (dir % 65536, 0);
+  CHECK_EQ (get_be64 (h + 136), 0);             /* end marker */
+  CHECK (pread (fd, e, sizeof e, dir) == sizeof e);
+  table = get_be64 (e);                         /* dirty_bitmap_table_offset */
+  CHECK_EQ (get_be64 (e + 8), (UINT64_C (10) << 30) / 512);  /* nb_virtual_bits */
+  CHECK_EQ (get_be32 (e + 16), 1);              /* table size */
+  CHECK_EQ (get_be32 (e + 20), 7);              /* 64K = 2^7 sectors */
+  CHECK_EQ (get_be32 (e + 24), 0);              /* flags */
+  CHECK_EQ (get_be16 (e + 28), 7);
+  CHECK (memcmp (e + 30, "drive-a", 7) == 0);
+  CHECK_EQ (e[37] | e[38] | e[39], 0);          /* padding to 40 */
+  CHECK_EQ (get_be64 (e + 40 + 8), 2);          /* 1000 bytes -> 2 sectors */
+  CHECK_EQ (get_be32 (e + 40 + 20), 11);        /* 1M = 2^11 sectors */
+  CHECK_EQ (get_be32 (e + 40 + 24), 6);         /* self | auto */
+  CHECK (pread (fd, t, 8, table) == 8);
+  CHECK_EQ (get_be64 (t) & ~QCOW2_OFFSET_MASK, 0);
+  CHECK (pread (fd, d, 2, get_be64 (t)) == 2);
+  CHECK_EQ (d[0], 0);
+  CHECK_EQ (d[1], 0x02);                        /* bit 9, LSB first */
+  close (fd);
+  CHECK (qcow2_open (path, 0, &back, &err) == 0);
+  if (back) {
+    CHECK_EQ (back->layout, QCOW2_LAYOUT_DRAFT2015);
+    CHECK_EQ (back->leaked_clusters, 0);
+    CHECK_EQ (back->bitmaps[0].size, UINT64_C (10) << 30);
+    CHECK_EQ (back->bitmaps[1].size, 1024);
+    CHECK_EQ (back->bitmaps[1].granularity_bits, 20);
+    CHECK (bitmap_test (&back->bitmaps[0].bits, 9));
+    CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 1);
+    CHECK (qcow2_bitmap_enabled (back, &back->bitmaps[1]));
+    qcow2_close (back);
+  }
+  else
+    fprintf (stderr, "%s\n", err.msg);
+  qcow2_close (img);
+}
+
 int
 main (void)
 {
@@ -135,6 +201,7 @@ main (void)
   test_table_sizes ();
   test_round_trip ();
   test_cluster_sizes ();
+  test_draft_golden ();
   unlink (path);
   TEST_DONE ();
 }

@@ -30,7 +30,7 @@ static struct tracker *
 open_tracker (enum tracker_mode mode)
 {
   struct tracker_config cfg = {
-    .path = path, .bitmap_name = "b", .granularity_bits = 16, .mode = mode,
+    .path = path, .layout = QCOW2_LAYOUT_QEMU, .bitmap_name = "b", .granularity_bits = 16, .mode = mode,
     .in_use_policy = IN_USE_DIRTY, .region_size = 4 << 20,
   };
   struct dbm_err err;

@@ -9,7 +9,7 @@ v=$("$NBDKIT" --version | awk '{print $2}')
     fail "nbdkit is $v but the filter was built against $BUILT_NBDKIT_VERSION"
 
 "$NBDKIT" --filter="$FILTER" null --help > help.out
-for k in bitmap-file bitmap-name bitmap-granularity bitmap-mode bitmap-in-use \
+for k in bitmap-file bitmap-name bitmap-granularity bitmap-mode bitmap-format bitmap-in-use \
          bitmap-region bitmap-persist-interval; do
     grep -q "$k=" help.out || fail "--help does not show $k"
 done

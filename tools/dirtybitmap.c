@@ -33,12 +33,13 @@ usage_all (FILE *fp)
 "  map FILE NAME [--json]           the dirty extents of bitmap NAME\n"
 "  check FILE [--repair]            validate (exit 0 valid, 1 invalid)\n"
 "  create FILE --size SIZE [--name NAME] [--granularity SIZE]\n"
-"         [--cluster-size SIZE] [--disabled]\n"
-"  add FILE NAME [--granularity SIZE] [--disabled]\n"
+"         [--cluster-size SIZE] [--disabled] [--format qemu|draft-2015]\n"
+"  add FILE NAME [--granularity SIZE] [--disabled] [--size SIZE]\n"
 "  remove FILE NAME\n"
 "  clear FILE NAME\n"
 "  enable FILE NAME\n"
 "  disable FILE NAME\n"
+"  convert --to qemu|draft-2015 IN OUT [--bitmap NAME]\n"
 "\n"
 "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
 "'%s COMMAND --help' describes one command.\n", prog, prog);
@@ -95,7 +96,7 @@ dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
 
 /* Options are parsed by one small getopt_long loop per command. */
 enum { OPT_JSON = 256, OPT_REPAIR, OPT_SIZE, OPT_NAME, OPT_GRAN, OPT_CLUSTER,
-       OPT_DISABLED, OPT_HELP, OPT_FORCE };
+       OPT_DISABLED, OPT_HELP, OPT_FORCE, OPT_FORMAT, OPT_TO, OPT_BITMAP };
 
 static const struct option long_opts[] = {
   { "json", no_argument, NULL, OPT_JSON },
@@ -107,12 +108,15 @@ static const struct option long_opts[] = {
   { "disabled", no_argument, NULL, OPT_DISABLED },
   { "help", no_argument, NULL, OPT_HELP },
   { "force", no_argument, NULL, OPT_FORCE },
+  { "format", required_argument, NULL, OPT_FORMAT },
+  { "to", required_argument, NULL, OPT_TO },
+  { "bitmap", required_argument, NULL, OPT_BITMAP },
   { NULL, 0, NULL, 0 },
 };
 
 struct opts {
   bool json, repair, disabled, help, force;
-  const char *size, *name, *gran, *cluster;
+  const char *size, *name, *gran, *cluster, *format, *to, *bitmap;
   const char *allowed;          /* which options this command takes */
 };
 
@@ -150,6 +154,9 @@ parse_opts (const char *cmd, int argc, char **argv, struct opts *o)
     case OPT_DISABLED: o->disabled = true; break;
     case OPT_HELP: o->help = true; break;
     case OPT_FORCE: o->force = true; break;
+    case OPT_FORMAT: o->format = optarg; break;
+    case OPT_TO: o->to = optarg; break;
+    case OPT_BITMAP: o->bitmap = optarg; break;
     case OPT_SIZE: o->size = optarg; break;
     case OPT_NAME: o->name = optarg; break;
     case OPT_GRAN: o->gran = optarg; break;
@@ -176,16 +183,29 @@ need_args (const char *cmd, int argc, int want, const char *usage)
     return 0; }                                                         \
   if (need_args (cmd, argc, nargs, usage) == -1) return EXIT_USAGE;
 
-static const char *
-flags_text (const struct qcow2_bitmap *b)
+/* Flag names as qemu-img prints them, plus the draft's self and
+ * read-only; "-" for none.
+ */
+static void
+flags_text (const struct qcow2_image *img, const struct qcow2_bitmap *b,
+            bool json, char *buf, size_t len)
 {
-  if ((b->flags & BME_FLAG_IN_USE) && (b->flags & BME_FLAG_AUTO))
-    return "in-use,auto";
-  if (b->flags & BME_FLAG_IN_USE)
-    return "in-use";
-  if (b->flags & BME_FLAG_AUTO)
-    return "auto";
-  return "-";
+  static const char *const qemu_names[] = { "in-use", "auto" };
+  static const char *const draft_names[] = { "in-use", "self", "auto",
+                                             "read-only" };
+  const char *const *names = img->layout == QCOW2_LAYOUT_DRAFT2015
+    ? draft_names : qemu_names;
+  size_t n = img->layout == QCOW2_LAYOUT_DRAFT2015 ? 4 : 2, i, used = 0;
+
+  buf[0] = '\0';
+  for (i = 0; i < n; ++i) {
+    if (!(b->flags & (1U << i)))
+      continue;
+    used += snprintf (buf + used, len - used, json ? "%s\"%s\"" : "%s%s",
+                      used ? (json ? ", " : ",") : "", names[i]);
+  }
+  if (used == 0 && !json)
+    snprintf (buf, len, "-");
 }
 
 static int
@@ -208,14 +228,18 @@ cmd_info (int argc, char **argv)
   if (o.json) {
     printf ("{\"file\": ");
     json_string (img->path);
-    printf (", \"layout\": \"qemu\", \"virtual_size\": %" PRIu64
+    printf (", \"layout\": \"%s\", \"virtual_size\": %" PRIu64
             ", \"cluster_size\": %" PRIu64 ", \"bitmaps\": [",
-            vsize, img->cluster_size);
+            qcow2_layout_name (img->layout), vsize, img->cluster_size);
   }
   else {
-    printf ("file: %s\nlayout: qemu\nvirtual size: %" PRIu64 "\n"
+    printf ("file: %s\nlayout: %s\nvirtual size: %" PRIu64 "\n"
             "cluster size: %" PRIu64 "\nbitmaps: %" PRIu32 "\n",
-            img->path, vsize, img->cluster_size, img->nb_bitmaps);
+            img->path, qcow2_layout_name (img->layout), vsize,
+            img->cluster_size, img->nb_bitmaps);
+    if (img->layout == QCOW2_LAYOUT_DRAFT2015)
+      printf ("note: the 2015 draft layout; QEMU cannot open this file "
+              "(use 'dirtybitmap convert --to qemu')\n");
     if (img->ext_inconsistent)
       printf ("warning: autoclear bit 0 is clear: every bitmap is "
               "inconsistent\n");
@@ -223,30 +247,34 @@ cmd_info (int argc, char **argv)
   for (i = 0; i < img->nb_bitmaps; ++i) {
     const struct qcow2_bitmap *b = &img->bitmaps[i];
     uint64_t gran = UINT64_C (1) << b->granularity_bits;
-    uint64_t d = b->inconsistent ? 0 : dirty_bytes (b, vsize);
-    double pct = vsize ? 100.0 * d / vsize : 0;
+    uint64_t d = b->inconsistent ? 0 : dirty_bytes (b, b->size);
+    double pct = b->size ? 100.0 * d / b->size : 0;
+    char flags[80];
 
+    flags_text (img, b, o.json, flags, sizeof flags);
     if (o.json) {
       printf ("%s{\"name\": ", i ? ", " : "");
       json_string (b->name);
-      printf (", \"granularity\": %" PRIu64 ", \"flags\": [", gran);
-      printf ("%s", (b->flags & BME_FLAG_IN_USE) ? "\"in-use\"" : "");
-      printf ("%s", (b->flags & BME_FLAG_IN_USE) && (b->flags & BME_FLAG_AUTO)
-              ? ", " : "");
-      printf ("%s", (b->flags & BME_FLAG_AUTO) ? "\"auto\"" : "");
-      printf ("], \"consistent\": %s", b->inconsistent ? "false" : "true");
+      printf (", \"size\": %" PRIu64 ", \"granularity\": %" PRIu64
+              ", \"flags\": [%s], \"consistent\": %s", b->size, gran, flags,
+              b->inconsistent ? "false" : "true");
       if (b->inconsistent)
         printf (", \"dirty_bytes\": null, \"dirty_percent\": null}");
       else
         printf (", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %.2f}",
                 d, pct);
     }
-    else if (b->inconsistent)
-      printf ("  %s: granularity %" PRIu64 ", flags %s, contents unknown "
-              "(inconsistent)\n", b->name, gran, flags_text (b));
-    else
-      printf ("  %s: granularity %" PRIu64 ", flags %s, dirty %" PRIu64
-              " bytes (%.2f%%)\n", b->name, gran, flags_text (b), d, pct);
+    else {
+      printf ("  %s: ", b->name);
+      if (img->layout == QCOW2_LAYOUT_DRAFT2015)
+        printf ("size %" PRIu64 ", ", b->size);
+      if (b->inconsistent)
+        printf ("granularity %" PRIu64 ", flags %s, contents unknown "
+                "(inconsistent)\n", gran, flags);
+      else
+        printf ("granularity %" PRIu64 ", flags %s, dirty %" PRIu64
+                " bytes (%.2f%%)\n", gran, flags, d, pct);
+    }
   }
   if (o.json)
     printf ("]}\n");
@@ -305,7 +333,7 @@ cmd_map (int argc, char **argv)
     qcow2_close (img);
     return 1;
   }
-  vsize = qcow2_virtual_size (img);
+  vsize = b->size;
   if (o.json)
     printf ("[");
   while (off < vsize) {
@@ -438,6 +466,20 @@ cmd_check (int argc, char **argv)
 }
 
 static int
+parse_layout (const char *what, const char *s, enum qcow2_layout *layout)
+{
+  *layout = QCOW2_LAYOUT_QEMU;
+  if (s == NULL || strcmp (s, "qemu") == 0)
+    return 0;
+  if (strcmp (s, "draft-2015") == 0) {
+    *layout = QCOW2_LAYOUT_DRAFT2015;
+    return 0;
+  }
+  fprintf (stderr, "%s: %s: '%s' is not qemu or draft-2015\n", prog, what, s);
+  return -1;
+}
+
+static int
 parse_gran (const char *s, unsigned *bits)
 {
   struct dbm_err err;
@@ -454,13 +496,16 @@ parse_gran (const char *s, unsigned *bits)
 static int
 cmd_create (int argc, char **argv)
 {
-  PARSE ("create", "size name granularity cluster-size disabled", 1,
+  PARSE ("create", "size name granularity cluster-size disabled format", 1,
          "FILE --size SIZE [--name NAME] [--granularity SIZE] "
-         "[--cluster-size SIZE] [--disabled]",
+         "[--cluster-size SIZE] [--disabled] [--format qemu|draft-2015]",
          "Create FILE, a metadata-only qcow2 v3 file of virtual size SIZE "
          "(rounded up\nto 512), with one bitmap NAME (default 'dirtybitmap') "
          "of granularity SIZE\n(default 64K), enabled (auto) unless "
-         "--disabled.  Refuses to overwrite a file.\n");
+         "--disabled.  Refuses to overwrite a file.\nWith --format "
+         "draft-2015: a zero-size container in the 2015 draft layout\n"
+         "holding bitmap NAME for a drive of SIZE bytes (flags none).\n");
+  enum qcow2_layout layout;
   struct qcow2_image *img;
   struct dbm_err err;
   uint64_t size;
@@ -476,7 +521,8 @@ cmd_create (int argc, char **argv)
     print_err (&err);
     return EXIT_USAGE;
   }
-  if (parse_gran (o.gran, &gran) == -1)
+  if (parse_gran (o.gran, &gran) == -1 ||
+      parse_layout ("--format", o.format, &layout) == -1)
     return EXIT_USAGE;
   if (o.cluster && dbm_parse_pow2 ("--cluster-size", o.cluster, 512,
                                    2 << 20, &cbits, &err) == -1) {
@@ -488,10 +534,12 @@ cmd_create (int argc, char **argv)
     fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog, path);
     return 1;
   }
-  img = qcow2_new (size, cbits, &err);
+  img = qcow2_new (layout == QCOW2_LAYOUT_DRAFT2015 ? 0 : size, cbits, layout,
+                   &err);
   if (img == NULL ||
       qcow2_add_bitmap (img, o.name ? o.name : "dirtybitmap", gran,
-                        o.disabled ? 0 : BME_FLAG_AUTO, &err) == -1 ||
+                        o.disabled || layout == QCOW2_LAYOUT_DRAFT2015
+                        ? 0 : BME_FLAG_AUTO, size, &err) == -1 ||
       qcow2_commit (img, path, NULL, &err) == -1) {
     print_err (&err);
     qcow2_close (img);
@@ -511,7 +559,9 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
   struct dbm_err err;
   int idx, r;
 
-  if (qcow2_open (path, QCOW2_OPEN_RW, &img, &err) == -1) {
+  /* In-use bitmaps keep their last contents through the rewrite. */
+  if (qcow2_open (path, QCOW2_OPEN_RW | QCOW2_OPEN_LOAD_IN_USE, &img, &err)
+      == -1) {
     print_err (&err);
     return 1;
   }
@@ -526,7 +576,15 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
     qcow2_close (img);
     return 1;
   }
-  if (must_exist && img->bitmaps[idx].inconsistent && !allow_inconsistent) {
+  if (must_exist && qcow2_bitmap_read_only (img, &img->bitmaps[idx])) {
+    fprintf (stderr, "%s: %s: bitmap '%s' is read_only and is never "
+             "modified\n", prog, path, name);
+    qcow2_close (img);
+    return 1;
+  }
+  if (must_exist && !allow_inconsistent &&
+      (img->bitmaps[idx].inconsistent ||
+       (img->bitmaps[idx].flags & BME_FLAG_IN_USE))) {
     fprintf (stderr, "%s: %s: bitmap '%s' is inconsistent and cannot be "
              "used; remove it\n", prog, path, name);
     qcow2_close (img);
@@ -541,7 +599,8 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
   return r;
 }
 
-struct add_arg { const char *name; unsigned gran; bool disabled; };
+struct add_arg { const char *name; unsigned gran; bool disabled;
+                 uint64_t size; };
 
 static int
 do_add (struct qcow2_image *img, int idx, void *arg)
@@ -549,8 +608,10 @@ do_add (struct qcow2_image *img, int idx, void *arg)
   struct add_arg *a = arg;
   struct dbm_err err;
 
-  if (qcow2_add_bitmap (img, a->name, a->gran,
-                        a->disabled ? 0 : BME_FLAG_AUTO, &err) == -1) {
+  uint32_t flags = a->disabled || img->layout == QCOW2_LAYOUT_DRAFT2015
+    ? 0 : BME_FLAG_AUTO;
+
+  if (qcow2_add_bitmap (img, a->name, a->gran, flags, a->size, &err) == -1) {
     fprintf (stderr, "%s: %s: %s\n", prog, img->path, err.msg);
     return 1;
   }
@@ -560,14 +621,20 @@ do_add (struct qcow2_image *img, int idx, void *arg)
 static int
 cmd_add (int argc, char **argv)
 {
-  PARSE ("add", "granularity disabled", 2,
-         "FILE NAME [--granularity SIZE] [--disabled]",
+  PARSE ("add", "granularity disabled size", 2,
+         "FILE NAME [--granularity SIZE] [--disabled] [--size SIZE]",
          "Add an empty bitmap NAME (enabled unless --disabled) of "
-         "granularity SIZE\n(default 64K).\n");
-  struct add_arg a = { argv[optind + 1], 16, o.disabled };
+         "granularity SIZE\n(default 64K).  In a draft-2015 container, "
+         "--size gives the size of the\ndrive it tracks (required).\n");
+  struct add_arg a = { argv[optind + 1], 16, o.disabled, 0 };
+  struct dbm_err err;
 
   if (parse_gran (o.gran, &a.gran) == -1)
     return EXIT_USAGE;
+  if (o.size && dbm_parse_size ("--size", o.size, &a.size, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
   return edit (argv[optind], a.name, do_add, &a, false, false);
 }
 
@@ -588,10 +655,17 @@ do_clear (struct qcow2_image *img, int idx, void *arg)
 static int
 do_flags (struct qcow2_image *img, int idx, void *arg)
 {
+  struct qcow2_bitmap *b = &img->bitmaps[idx];
+
+  if (img->layout == QCOW2_LAYOUT_DRAFT2015 && !(b->flags & DRAFT_FLAG_SELF)) {
+    fprintf (stderr, "%s: %s: bitmap '%s': the draft's auto flag needs the "
+             "self flag (a bitmap of this image)\n", prog, img->path, b->name);
+    return 1;
+  }
   if (strcmp (arg, "enable") == 0)
-    img->bitmaps[idx].flags |= BME_FLAG_AUTO;
+    b->flags |= qcow2_enabled_flags (img);
   else
-    img->bitmaps[idx].flags &= ~BME_FLAG_AUTO;
+    b->flags &= ~qcow2_enabled_flags (img);
   return 0;
 }
 
@@ -610,10 +684,114 @@ SIMPLE_EDIT (cmd_enable, "enable", do_flags,
 SIMPLE_EDIT (cmd_disable, "disable", do_flags,
              "Clear the auto flag: bitmap NAME is kept but not updated.\n")
 
+/* Flags across layouts: QEMU's auto is the draft's self+auto (so that
+ * qemu -> draft -> qemu is lossless); in_use is bit 0 in both.
+ */
+static uint32_t
+convert_flags (const struct qcow2_image *from, uint32_t f,
+               enum qcow2_layout to)
+{
+  uint32_t in_use = f & BME_FLAG_IN_USE, r;
+
+  if (from->layout == to)
+    return f;
+  if (to == QCOW2_LAYOUT_DRAFT2015)
+    r = (f & BME_FLAG_AUTO) ? DRAFT_FLAG_SELF | DRAFT_FLAG_AUTO : 0;
+  else
+    r = (f & DRAFT_FLAG_AUTO) ? BME_FLAG_AUTO : 0;
+  return r | in_use;
+}
+
+static int
+cmd_convert (int argc, char **argv)
+{
+  PARSE ("convert", "to bitmap", 2, "--to qemu|draft-2015 IN OUT "
+         "[--bitmap NAME]",
+         "Write OUT, a new file in the given layout, with the bitmaps of "
+         "IN.  From the\ndraft layout to QEMU's, every bitmap must cover "
+         "one drive size (QEMU's file\nhas one virtual size): all of them "
+         "if they share it, or only --bitmap NAME.\nRefuses to overwrite "
+         "OUT.\n");
+  struct qcow2_image *in, *out = NULL;
+  struct dbm_err err;
+  enum qcow2_layout to;
+  uint64_t size = 0;
+  uint32_t i;
+  FILE *fp;
+
+  if (o.to == NULL) {
+    fprintf (stderr, "%s convert: --to is required\n", prog);
+    return EXIT_USAGE;
+  }
+  if (parse_layout ("--to", o.to, &to) == -1)
+    return EXIT_USAGE;
+  if ((fp = fopen (argv[optind + 1], "r")) != NULL) {
+    fclose (fp);
+    fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog,
+             argv[optind + 1]);
+    return 1;
+  }
+  if (qcow2_open (argv[optind], QCOW2_OPEN_LOAD_IN_USE, &in, &err) == -1) {
+    print_err (&err);
+    return 1;
+  }
+  for (i = 0; i < in->nb_bitmaps; ++i) {
+    const struct qcow2_bitmap *b = &in->bitmaps[i];
+    if (o.bitmap && strcmp (b->name, o.bitmap) != 0)
+      continue;
+    if (size && b->size != size && to == QCOW2_LAYOUT_QEMU) {
+      fprintf (stderr, "%s: %s: bitmaps cover drives of different sizes "
+               "(%" PRIu64 " and %" PRIu64 "); choose one with --bitmap "
+               "NAME\n", prog, in->path, size, b->size);
+      goto fail;
+    }
+    size = b->size;
+  }
+  if (o.bitmap && size == 0) {
+    fprintf (stderr, "%s: %s: no bitmap named '%s'\n", prog, in->path,
+             o.bitmap);
+    goto fail;
+  }
+  if (size == 0)
+    size = qcow2_virtual_size (in);
+  out = qcow2_new (to == QCOW2_LAYOUT_DRAFT2015 ? 0 : size, in->cluster_bits,
+                   to, &err);
+  if (out == NULL)
+    goto fail_err;
+  for (i = 0; i < in->nb_bitmaps; ++i) {
+    const struct qcow2_bitmap *b = &in->bitmaps[i];
+    struct qcow2_bitmap *nb;
+    if (o.bitmap && strcmp (b->name, o.bitmap) != 0)
+      continue;
+    if (qcow2_add_bitmap (out, b->name, b->granularity_bits,
+                          convert_flags (in, b->flags, to), b->size, &err)
+        == -1)
+      goto fail_err;
+    nb = &out->bitmaps[out->nb_bitmaps - 1];
+    if (bitmap_copy (&nb->bits, &b->bits) == -1) {
+      dbm_seterr (&err, ENOMEM, "out of memory");
+      goto fail_err;
+    }
+  }
+  if (qcow2_commit (out, argv[optind + 1], NULL, &err) == -1)
+    goto fail_err;
+  qcow2_close (out);
+  qcow2_close (in);
+  return 0;
+
+ fail_err:
+  print_err (&err);
+ fail:
+  qcow2_close (out);
+  qcow2_close (in);
+  return 1;
+}
+
 static const struct cmd cmds[] = {
   { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
   { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
   { "clear", cmd_clear }, { "enable", cmd_enable }, { "disable", cmd_disable },
+  { "convert", cmd_convert },
 };
 
 int
