@@ -310,6 +310,15 @@ parse_extensions (struct qcow2_image *img, const unsigned char *c0,
                     img->path, off);
       seen_features = true;
     }
+    else if (magic == QCOW2_EXT_DIRTYBITMAP) {
+      if (len != DBM_EXT_LENGTH || get_be32 (c0 + off + 8) != 1)
+        return BAD ("%s: dirtybitmap extension at offset 0x%" PRIx64
+                    " has length %" PRIu32 " or an unknown version",
+                    img->path, off, len);
+      img->dbm_state = get_be32 (c0 + off + 12);
+      img->dbm_region_size = get_be64 (c0 + off + 16);
+      img->dbm_ext_offset = off + 8;
+    }
     else if (magic == 0xe2792acaU)
       return BAD ("%s: backing-format extension at offset 0x%" PRIx64
                   ": a bitmap file must not have a backing file",

@@ -151,6 +151,13 @@ write_header (struct qcow2_image *img, int fd, struct dbm_err *err)
     put_be64 (h + off + 24, img->bitmap_directory_offset);
     off += 8 + BME_EXT_LENGTH;
   }
+  put_be32 (h + off, QCOW2_EXT_DIRTYBITMAP);
+  put_be32 (h + off + 4, DBM_EXT_LENGTH);
+  put_be32 (h + off + 8, 1);
+  put_be32 (h + off + 12, img->dbm_state);
+  put_be64 (h + off + 16, img->dbm_region_size);
+  img->dbm_ext_offset = off + 8;
+  off += 8 + DBM_EXT_LENGTH;
   off += 8;                     /* end marker: already zero */
   if (qcow2_pwrite_full (fd, h, off, 0) == -1)
     return dbm_seterr (err, errno, "write header: %m");
@@ -429,6 +436,22 @@ qcow2_sync (struct qcow2_image *img, struct dbm_err *err)
 {
   if (fdatasync (img->fd) == -1)
     return dbm_seterr (err, errno, "%s: fdatasync: %m", img->path);
+  return 0;
+}
+
+int
+qcow2_write_state (struct qcow2_image *img, uint32_t state,
+                   struct dbm_err *err)
+{
+  unsigned char be[4];
+
+  if (img->dbm_ext_offset == 0)
+    return dbm_seterr (err, EINVAL, "%s: no dirtybitmap extension",
+                       img->path);
+  put_be32 (be, state);
+  if (qcow2_pwrite_full (img->fd, be, 4, img->dbm_ext_offset + 4) == -1)
+    return dbm_seterr (err, errno, "%s: write state: %m", img->path);
+  img->dbm_state = state;
   return 0;
 }
 

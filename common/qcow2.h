@@ -18,6 +18,14 @@
 #define QCOW2_EXT_END               0x00000000U
 #define QCOW2_EXT_BITMAPS           0x23852875U
 #define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
+/* Our own extension (QEMU ignores and keeps unknown ones): u32 version 1,
+ * u32 flags (bit 0: a writer had the file open and has not closed it
+ * cleanly), u64 region_size (crash-safe pre-marking unit, 0 if unused).
+ * Only informative: it says a crash happened, never what to trust.
+ */
+#define QCOW2_EXT_DIRTYBITMAP       0x64626d31U      /* "dbm1" */
+#define DBM_EXT_LENGTH              16
+#define DBM_STATE_RUNNING           UINT32_C (1)
 #define QCOW2_AUTOCLEAR_BITMAPS     UINT64_C (1)
 #define QCOW2_INCOMPAT_DIRTY        UINT64_C (1)
 #define QCOW2_INCOMPAT_CORRUPT      UINT64_C (2)
@@ -116,6 +124,9 @@ struct qcow2_image {
   uint64_t leaked_clusters;     /* refcount > 0, never referenced */
   uint64_t first_leak;          /* offset of the first leaked cluster */
   bool autoclear_without_ext;   /* bit 0 set, no bitmaps extension */
+  uint32_t dbm_state;           /* DBM_STATE_* from our extension */
+  uint64_t dbm_region_size;
+  uint64_t dbm_ext_offset;      /* its data's offset in cluster 0, or 0 */
   bool ext_inconsistent;        /* extension present, bit 0 clear */
 };
 
@@ -200,6 +211,10 @@ extern int qcow2_write_data (struct qcow2_image *img, int i,
                              uint64_t byte_offset, const unsigned char *buf,
                              size_t len, struct dbm_err *err);
 extern int qcow2_sync (struct qcow2_image *img, struct dbm_err *err);
+
+/* Rewrite our state flags in place (canonical layout). */
+extern int qcow2_write_state (struct qcow2_image *img, uint32_t state,
+                              struct dbm_err *err);
 
 /* Clear autoclear bit 0 in place (repair of "bit set, no extension"). */
 extern int qcow2_write_autoclear (struct qcow2_image *img, uint64_t value,

@@ -133,6 +133,96 @@ apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
   return 0;
 }
 
+/* After a crash in crash-safe mode nothing needs recovering: say so, and
+ * how much of the dirty area may be precautionary (whole regions all-ones,
+ * an upper bound of what pre-marking added).  NAME limits the report to one
+ * bitmap (the draft layout's tracked one), NULL for all.
+ */
+static void
+report_unclean (struct qcow2_image *img, const char *name,
+                void (*log) (const char *fmt, ...))
+{
+  uint32_t i;
+
+  if (!(img->dbm_state & DBM_STATE_RUNNING))
+    return;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    const struct bitmap *bm = &b->bits;
+    uint64_t region_bits = img->dbm_region_size >> b->granularity_bits;
+    uint64_t dirty = bitmap_count (bm), full = 0, r, bit;
+
+    if (b->inconsistent || (b->flags & BME_FLAG_IN_USE) ||
+        (name && strcmp (name, b->name) != 0))
+      continue;
+    if (img->dbm_region_size == 0) {
+      log ("%s: the previous run did not shut down cleanly; bitmap '%s': "
+           "%" PRIu64 " bytes dirty", img->path, b->name,
+           dirty << b->granularity_bits);
+      continue;
+    }
+    if (region_bits < 64)
+      region_bits = 64;
+    for (r = 0; r * region_bits < bm->nbits; ++r) {
+      uint64_t end = (r + 1) * region_bits < bm->nbits
+        ? (r + 1) * region_bits : bm->nbits;
+      bit = bitmap_find (bm, r * region_bits, false);
+      if (bit >= end)
+        full += end - r * region_bits;
+    }
+    log ("%s: the previous run did not shut down cleanly; bitmap '%s' "
+         "covers every write it forwarded: %" PRIu64 " bytes dirty, of "
+         "which at most %" PRIu64 " in regions pre-marked as a precaution",
+         img->path, b->name, dirty << b->granularity_bits,
+         full << b->granularity_bits);
+  }
+}
+
+int
+tracker_recover_offline (const char *path,
+                         void (*log) (const char *fmt, ...),
+                         struct dbm_err *err)
+{
+  struct qcow2_image *img;
+  uint32_t i;
+  bool changed = false;
+  int r;
+
+  if (qcow2_open (path, QCOW2_OPEN_RW | QCOW2_OPEN_LOAD_IN_USE, &img, err)
+      == -1)
+    return -1;
+  if (qemu_lock_write (img->fd, path, err) == -1) {
+    qcow2_close (img);
+    return -1;
+  }
+  report_unclean (img, NULL, log);
+  if (img->dbm_state & DBM_STATE_RUNNING)
+    changed = true;
+  img->dbm_state &= ~DBM_STATE_RUNNING;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    if (!(b->flags & BME_FLAG_IN_USE) && !img->ext_inconsistent)
+      continue;
+    if (bitmap_set_bits (&b->bits, 0, UINT64_MAX) == -1) {
+      qcow2_close (img);
+      return dbm_seterr (err, ENOMEM, "out of memory");
+    }
+    b->inconsistent = false;
+    b->flags &= ~BME_FLAG_IN_USE;
+    log ("%s: bitmap '%s' was in use (unclean shutdown): marked entirely "
+         "dirty", path, b->name);
+    changed = true;
+  }
+  if (!changed) {
+    log ("%s: nothing to recover", path);
+    qcow2_close (img);
+    return 0;
+  }
+  r = qcow2_commit (img, path, lock_cb, err);
+  qcow2_close (img);
+  return r;
+}
+
 /* Rewrite the file in the canonical layout, with in_use set on the tracked
  * bitmaps in qemu mode, then start tracking.
  */
@@ -150,6 +240,9 @@ commit_and_track (struct tracker *tr, bool create, struct dbm_err *err)
     if (tr->cfg.mode == TRACKER_QEMU && is_tracked (tr, b))
       b->flags |= BME_FLAG_IN_USE;
   }
+  img->dbm_state = DBM_STATE_RUNNING;
+  img->dbm_region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
+    ? tr->cfg.region_size : 0;
   if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
     return -1;
   (void) create;
@@ -215,6 +308,9 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
                 "inconsistent", tr->cfg.path);
     goto fail;
   }
+  report_unclean (tr->img,
+                  tr->img->layout == QCOW2_LAYOUT_DRAFT2015 ? cfg->bitmap_name
+                  : NULL, tr->cfg.log);
   if (apply_in_use_policy (tr, err) == -1)
     goto fail;
   /* A draft bitmap is sized from the export: added in tracker_set_size. */
@@ -589,6 +685,10 @@ tracker_close (struct tracker *tr, struct dbm_err *err)
       r = qcow2_write_flags (tr->img, tr->t[i].idx,
                              b->flags & ~BME_FLAG_IN_USE, err);
     }
+  }
+  if (r == 0 && tr->img) {
+    r = qcow2_write_state (tr->img, tr->img->dbm_state & ~DBM_STATE_RUNNING,
+                           err);
     if (r == 0)
       r = qcow2_sync (tr->img, err);
   }

@@ -107,6 +107,15 @@ extern bool tracker_dirty (struct tracker *tr);
 /* Final persist; in qemu mode clear in_use.  Frees TR. */
 extern int tracker_close (struct tracker *tr, struct dbm_err *err);
 
+/* Offline recovery after an unclean shutdown, without nbdkit: in-use
+ * bitmaps are marked entirely dirty and in_use cleared; a crash-safe
+ * file is reported (it needs nothing) and its running flag cleared.
+ * Each action is logged.
+ */
+extern int tracker_recover_offline (const char *path,
+                                    void (*log) (const char *fmt, ...),
+                                    struct dbm_err *err);
+
 /* Free without touching the file (startup failures, crash simulation). */
 extern void tracker_free (struct tracker *tr);
 

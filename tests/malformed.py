@@ -17,13 +17,14 @@ be32 = lambda o: struct.unpack_from(">I", data, o)[0]
 be64 = lambda o: struct.unpack_from(">Q", data, o)[0]
 C = 1 << be32(20)
 EXT = 112                      # bitmaps extension header (magic, length)
-DIR = be64(EXT + 8 + 16)       # bitmap_directory_offset
 RT = be64(48)                  # refcount_table_offset
 RB = be64(RT)                  # first refcount block
-E0 = DIR                       # first directory entry
-name0 = struct.unpack_from(">H", data, E0 + 18)[0]
-E1 = E0 + (24 + name0 + 7) // 8 * 8
-T0 = be64(E0)                  # bitmap table of the first bitmap
+if not draft:
+    DIR = be64(EXT + 8 + 16)   # bitmap_directory_offset
+    E0 = DIR                   # first directory entry
+    name0 = struct.unpack_from(">H", data, E0 + 18)[0]
+    E1 = E0 + (24 + name0 + 7) // 8 * 8
+    T0 = be64(E0)              # bitmap table of the first bitmap
 cases = []
 
 

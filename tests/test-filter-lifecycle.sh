@@ -74,6 +74,28 @@ assert covered(3 << 20, 4096) and covered(40 << 20, 65536), ext
 # bound: at most the two 64 MiB regions touched (the whole 64M disk here)
 assert sum(l for a, l in ext) <= 64 << 20, ext
 PY
-"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+cp $g crashed.qcow2
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true 2> err
+grep -q "the previous run did not shut down cleanly; bitmap 'dirtybitmap' covers every write it forwarded: 67108864 bytes dirty, of which at most 67108864 in regions pre-marked as a precaution" err ||
+    { cat err; fail "crash-safe restart did not report the unclean shutdown"; }
 qemu_check $g
+# After a clean shutdown there is nothing to report.
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true 2> err
+grep -q "did not shut down cleanly" err && fail "clean shutdown reported as unclean"
+
+# Offline recovery without nbdkit, for both kinds of crash.
+D=$DIRTYBITMAP
+$D recover crashed.qcow2 > out
+grep -q "covers every write it forwarded" out || { cat out; fail "recover: crash-safe report"; }
+$D recover crashed.qcow2 | grep -q "nothing to recover" || fail "recover twice"
+start_nbdkit pid4 $PWD/s4.sock memory $size bitmap-file=$PWD/q.qcow2 bitmap-mode=qemu
+nbdsh -u "nbd+unix:///?socket=$PWD/s4.sock" -c 'h.pwrite(b"x", 0)'
+kill -9 "$(cat pid4)"; sleep 0.5
+$D recover q.qcow2 > out
+grep -q "bitmap 'dirtybitmap' was in use (unclean shutdown): marked entirely dirty" out ||
+    { cat out; fail "recover: in-use bitmap"; }
+qemu_check q.qcow2
+qemu-img info --output=json q.qcow2 | grep -q '"in-use"' && fail "recover left in_use"
+map_qemu $PWD/q.qcow2 dirtybitmap > got
+[ "$(cat got)" = "0 $size" ] || { cat got; fail "recovered bitmap not entirely dirty"; }
 echo OK

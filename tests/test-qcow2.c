@@ -66,7 +66,10 @@ test_round_trip (void)
   CHECK_EQ (get_be32 (h + 120), 2);             /* nb_bitmaps */
   CHECK_EQ (get_be32 (h + 124), 0);             /* reserved */
   CHECK_EQ (get_be64 (h + 128), 64);            /* 2 entries x 32 */
-  CHECK_EQ (get_be64 (h + 144), 0);             /* end marker */
+  CHECK_EQ (get_be32 (h + 144), QCOW2_EXT_DIRTYBITMAP);  /* ours, ignored by QEMU */
+  CHECK_EQ (get_be32 (h + 148), 16);
+  CHECK_EQ (get_be32 (h + 152), 1);             /* version */
+  CHECK_EQ (get_be64 (h + 168), 0);             /* end marker */
 
   CHECK (qcow2_open (path, QCOW2_OPEN_RW, &back, &err) == 0);
   if (back == NULL) {
@@ -157,7 +160,8 @@ test_draft_golden (void)
   CHECK_EQ (get_be32 (h + 124), 40 + 32);       /* directory size: 30+7, 30+1 */
   dir = get_be64 (h + 128);                     /* directory offset */
   CHECK_EQ (dir % 65536, 0);
-  CHECK_EQ (get_be64 (h + 136), 0);             /* end marker */
+  CHECK_EQ (get_be32 (h + 136), QCOW2_EXT_DIRTYBITMAP);
+  CHECK_EQ (get_be64 (h + 160), 0);             /* end marker */
   CHECK (pread (fd, e, sizeof e, dir) == sizeof e);
   table = get_be64 (e);                         /* dirty_bitmap_table_offset */
   CHECK_EQ (get_be64 (e + 8), (UINT64_C (10) << 30) / 512);  /* nb_virtual_bits */

@@ -7,6 +7,7 @@
 #include <config.h>
 
 #include <getopt.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "parse-size.h"
 #include "qcow2.h"
 #include "qemu-lock.h"
+#include "tracker.h"
 
 #define EXIT_USAGE 2
 
@@ -40,6 +42,7 @@ usage_all (FILE *fp)
 "  enable FILE NAME\n"
 "  disable FILE NAME\n"
 "  convert --to qemu|draft-2015 IN OUT [--bitmap NAME]\n"
+"  recover FILE                     after a crash, without nbdkit\n"
 "\n"
 "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
 "'%s COMMAND --help' describes one command.\n", prog, prog);
@@ -787,11 +790,40 @@ cmd_convert (int argc, char **argv)
   return 1;
 }
 
+static void
+say (const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vprintf (fmt, ap);
+  va_end (ap);
+  putchar ('\n');
+}
+
+static int
+cmd_recover (int argc, char **argv)
+{
+  PARSE ("recover", "", 1, "FILE",
+         "Recover FILE after an unclean shutdown, as the filter does at "
+         "start, without\nnbdkit: a bitmap left in use (qemu mode, or QEMU) "
+         "is marked entirely dirty and\nin_use cleared; a crash-safe file "
+         "needs nothing (it already covers every\nwrite) and is reported.  "
+         "Says what was done.\n");
+  struct dbm_err err;
+
+  if (tracker_recover_offline (argv[optind], say, &err) == -1) {
+    print_err (&err);
+    return 1;
+  }
+  return 0;
+}
+
 static const struct cmd cmds[] = {
   { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
   { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
   { "clear", cmd_clear }, { "enable", cmd_enable }, { "disable", cmd_disable },
-  { "convert", cmd_convert },
+  { "convert", cmd_convert }, { "recover", cmd_recover },
 };
 
 int
