@@ -56,7 +56,7 @@ get_leaf (struct bitmap *bm, uint64_t leaf)
 
   if (p)
     return p;
-  p = calloc (BITMAP_LEAF_WORDS, sizeof (uint64_t));
+  p = calloc (BITMAP_LEAF_WORDS, sizeof (_Atomic uint64_t));
   if (p == NULL)
     return NULL;
   if (!atomic_compare_exchange_strong (&bm->leaves[leaf], &expected, p)) {

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BITMAP_LEAF_BYTES 4096
+#define BITMAP_LEAF_BYTES UINT64_C (4096)
 #define BITMAP_LEAF_BITS (BITMAP_LEAF_BYTES * 8)
 #define BITMAP_LEAF_WORDS (BITMAP_LEAF_BYTES / 8)
 

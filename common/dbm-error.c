@@ -11,13 +11,13 @@
 int
 dbm_seterr (struct dbm_err *err, int errnum, const char *fmt, ...)
 {
-  va_list ap;
+  if (err != NULL) {
+    va_list ap;
 
-  if (err == NULL)
-    return -1;
-  err->errnum = errnum;
-  va_start (ap, fmt);
-  vsnprintf (err->msg, sizeof err->msg, fmt, ap);
-  va_end (ap);
+    err->errnum = errnum;
+    va_start (ap, fmt);
+    vsnprintf (err->msg, sizeof err->msg, fmt, ap);
+    va_end (ap);
+  }
   return -1;
 }

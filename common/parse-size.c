@@ -54,7 +54,7 @@ int
 dbm_parse_pow2 (const char *what, const char *str, uint64_t min,
                 uint64_t max, unsigned *bits, struct dbm_err *err)
 {
-  uint64_t v;
+  uint64_t v = 0;
 
   if (dbm_parse_size (what, str, &v, err) == -1)
     return -1;

@@ -45,10 +45,12 @@ static int
 read_struct (struct qcow2_image *img, uint64_t off, void *buf, uint64_t len,
              const char *what, struct dbm_err *err)
 {
-  if (off > img->file_size || len > img->file_size - off)
-    return BAD ("%s: %s at offset 0x%" PRIx64 " (%" PRIu64 " bytes) "
-                "runs past the end of the file (%" PRIu64 " bytes)",
-                img->path, what, off, len, img->file_size);
+  if (off > img->file_size || len > img->file_size - off) {
+    BAD ("%s: %s at offset 0x%" PRIx64 " (%" PRIu64 " bytes) "
+         "runs past the end of the file (%" PRIu64 " bytes)",
+         img->path, what, off, len, img->file_size);
+    return -1;
+  }
   if (qcow2_pread_full (img->fd, buf, len, off) == -1)
     return dbm_seterr (err, errno, "%s: read %s at offset 0x%" PRIx64 ": %m",
                        img->path, what, off);
@@ -413,7 +415,13 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
                (dsize + img->cluster_size - 1) >> img->cluster_bits,
                "bitmap directory", err) == -1)
     return -1;
-  dir = malloc (dsize);
+  /* Bounds before allocation: the sizes come from the file. */
+  if (dsize > img->file_size - img->bitmap_directory_offset)
+    return BAD ("%s: bitmap directory at offset 0x%" PRIx64 " (%" PRIu64
+                " bytes) runs past the end of the file (%" PRIu64 " bytes)",
+                img->path, img->bitmap_directory_offset, dsize,
+                img->file_size);
+  dir = calloc (1, dsize);
   img->bitmaps = calloc (img->nb_bitmaps, sizeof *img->bitmaps);
   if (dir == NULL || img->bitmaps == NULL)
     return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
@@ -545,6 +553,20 @@ parse_directory (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
         return BAD ("%s: bitmap name '%s' (directory entry %" PRIu32
                     ", offset 0x%" PRIx64 ") is used twice", img->path,
                     b->name, i, eoff);
+    /* Even an in_use bitmap (whose table size QEMU does not check) must fit
+     * QEMU's limits at its own size: it is held in memory and rewritten
+     * with the exact table.
+     */
+    {
+      uint64_t need = qcow2_required_table_size (b->size, b->granularity_bits,
+                                                 img->cluster_bits);
+      if (need == 0 || need > BME_MAX_TABLE_SIZE ||
+          (need << img->cluster_bits) > BME_MAX_PHYS_SIZE)
+        return BAD ("%s: bitmap '%s': granularity %" PRIu64 " does not fit "
+                    "a disk of %" PRIu64 " bytes (the bitmap would need %"
+                    PRIu64 " table entries)", img->path, b->name,
+                    UINT64_C (1) << b->granularity_bits, b->size, need);
+    }
     b->inconsistent = (b->flags & BME_FLAG_IN_USE) || img->ext_inconsistent;
     if (!(b->flags & BME_FLAG_IN_USE)) {
       uint64_t want = qcow2_required_table_size (b->size, b->granularity_bits,
@@ -574,8 +596,16 @@ parse_tables (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
     uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8;
-    CLEANUP_FREE unsigned char *raw = malloc (tbytes);
+    CLEANUP_FREE unsigned char *raw = NULL;
 
+    /* Bounds before allocation: the size comes from the file. */
+    if (tbytes == 0 || b->bitmap_table_offset >= img->file_size ||
+        tbytes > img->file_size - b->bitmap_table_offset)
+      return BAD ("%s: bitmap '%s': bitmap table at offset 0x%" PRIx64
+                  " (%" PRIu64 " bytes) runs past the end of the file (%"
+                  PRIu64 " bytes)", img->path, b->name,
+                  b->bitmap_table_offset, tbytes, img->file_size);
+    raw = calloc (1, tbytes);
     b->table = malloc (tbytes);
     if (raw == NULL || b->table == NULL)
       return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);

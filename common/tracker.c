@@ -93,8 +93,8 @@ setup_tracked (struct tracker *tr, struct dbm_err *err)
       t->region_shift++;
     t->nregions = (t->bits->nbits >> t->region_shift) + 1;
     words = (t->nregions + 63) / 64;
-    t->touched = calloc (words, sizeof (uint64_t));
-    t->armed = calloc (words, sizeof (uint64_t));
+    t->touched = calloc (words, sizeof (_Atomic uint64_t));
+    t->armed = calloc (words, sizeof (_Atomic uint64_t));
     if (t->touched == NULL || t->armed == NULL)
       return dbm_seterr (err, ENOMEM, "out of memory");
   }

@@ -180,7 +180,7 @@ need_args (const char *cmd, int argc, int want, const char *usage)
 }
 
 #define PARSE(cmd, allowed_, nargs, usage, helptext)                    \
-  struct opts o = { .allowed = allowed_ };                              \
+  struct opts o = { .allowed = (allowed_) };                            \
   if (parse_opts (cmd, argc, argv, &o) == -1) return EXIT_USAGE;        \
   if (o.help) { printf ("Usage: %s %s %s\n\n%s", prog, cmd, usage, helptext); \
     return 0; }                                                         \
@@ -675,7 +675,7 @@ do_flags (struct qcow2_image *img, int idx, void *arg)
 #define SIMPLE_EDIT(fname, cmdname, fn, text)                           \
   static int fname (int argc, char **argv) {                            \
     PARSE (cmdname, "", 2, "FILE NAME", text);                          \
-    return edit (argv[optind], argv[optind + 1], fn, (void *) cmdname, true, \
+    return edit (argv[optind], argv[optind + 1], fn, (void *) (cmdname), true, \
                  strcmp (cmdname, "remove") == 0);                      \
   }
 
