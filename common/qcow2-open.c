@@ -770,6 +770,10 @@ load_data (struct qcow2_image *img, struct dbm_err *err)
         return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
                            b->name);
     }
+    /* What was loaded is on disk already: not "changed". */
+    for (j = 0; j < b->bits.nleaves; ++j)
+      bitmap_take_changed (&b->bits, j);
+    atomic_store (&b->bits.any_changed, false);
   }
   return 0;
 }

@@ -304,6 +304,106 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
   return 0;
 }
 
+/* Is the opened file exactly what write_image would produce for this
+ * model?  Then a start needs no rewrite: flags, state and changed data can
+ * be updated in place (same inode, no free space needed).
+ */
+bool
+qcow2_is_canonical (struct qcow2_image *img)
+{
+  struct qcow2_image saved = *img;
+  CLEANUP_FREE uint64_t *data_offsets =
+    calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  CLEANUP_FREE uint64_t *tsizes = calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  CLEANUP_FREE uint64_t *toffs = calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  struct dbm_err err;
+  uint64_t total, i, j, ext_len;
+  bool ok;
+
+  if (data_offsets == NULL || tsizes == NULL || toffs == NULL ||
+      img->fd < 0 || img->leaked_clusters || img->data_clusters ||
+      img->autoclear_without_ext || img->ext_inconsistent ||
+      img->header_length != QCOW2_HEADER_LENGTH ||
+      img->incompatible_features || img->compatible_features ||
+      img->refcount_order != 4 ||
+      img->autoclear_features != (img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0))
+    return false;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    tsizes[i] = img->bitmaps[i].bitmap_table_size;
+    toffs[i] = img->bitmaps[i].bitmap_table_offset;
+  }
+  ok = layout (img, data_offsets, &total, &err) == 0;
+  ext_len = !img->nb_bitmaps ? 0 : 8 + (img->layout == QCOW2_LAYOUT_DRAFT2015
+                                         ? BME_DRAFT_EXT_LENGTH : BME_EXT_LENGTH);
+  ok = ok && img->l1_size == saved.l1_size &&
+    img->l1_table_offset == saved.l1_table_offset &&
+    img->bitmap_directory_offset == saved.bitmap_directory_offset &&
+    img->bitmap_directory_size == saved.bitmap_directory_size &&
+    img->refcount_table_offset == saved.refcount_table_offset &&
+    img->refcount_table_clusters == saved.refcount_table_clusters &&
+    (total << img->cluster_bits) == saved.file_size &&
+    saved.dbm_ext_offset == QCOW2_HEADER_LENGTH + ext_len + 8;
+  for (i = 0; ok && i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    ok = b->bitmap_table_size == tsizes[i] &&
+      b->bitmap_table_offset == toffs[i] && b->table != NULL;
+    for (j = 0; ok && j < b->bitmap_table_size; ++j)
+      ok = b->table[j] == data_offsets[i] + (j << img->cluster_bits);
+  }
+  /* layout() recomputed these; put the file's own values back. */
+  img->l1_size = saved.l1_size;
+  img->l1_table_offset = saved.l1_table_offset;
+  img->has_bitmaps_ext = saved.has_bitmaps_ext;
+  img->bitmap_directory_offset = saved.bitmap_directory_offset;
+  img->bitmap_directory_size = saved.bitmap_directory_size;
+  img->refcount_table_offset = saved.refcount_table_offset;
+  img->refcount_table_clusters = saved.refcount_table_clusters;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    img->bitmaps[i].bitmap_table_size = tsizes[i];
+    img->bitmaps[i].bitmap_table_offset = toffs[i];
+  }
+  return ok;
+}
+
+int
+qcow2_update_in_place (struct qcow2_image *img, const uint32_t *old_flags,
+                       struct dbm_err *err)
+{
+  unsigned char buf[BITMAP_LEAF_BYTES];
+  uint64_t i, leaf;
+
+  /* Data first and durable, then flags and state: a cleared in_use must
+   * never describe data that is not on disk.
+   */
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &img->bitmaps[i];
+    uint64_t nbytes = bitmap_data_bytes (&b->bits);
+
+    for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
+      uint64_t off = leaf * BITMAP_LEAF_BYTES;
+      size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
+        : BITMAP_LEAF_BYTES;
+      if (!bitmap_take_changed (&b->bits, leaf))
+        continue;
+      bitmap_export (&b->bits, off, buf, len);
+      if (qcow2_write_data (img, i, off, buf, len, err) == -1)
+        return -1;
+    }
+    atomic_store (&b->bits.any_changed, false);
+  }
+  if (qcow2_sync (img, err) == -1)
+    return -1;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    uint32_t f = img->bitmaps[i].flags;
+    if (f != old_flags[i] && qcow2_write_flags (img, i, f, err) == -1)
+      return -1;
+  }
+  if (qcow2_write_state (img, img->dbm_state, err) == -1 ||
+      qcow2_sync (img, err) == -1)
+    return -1;
+  return 0;
+}
+
 int
 qcow2_commit (struct qcow2_image *img, const char *user_path,
               int (*lock_fd_cb) (int fd, struct dbm_err *err),

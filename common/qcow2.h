@@ -204,6 +204,18 @@ extern int qcow2_commit (struct qcow2_image *img, const char *path,
                          int (*lock_fd_cb) (int fd, struct dbm_err *err),
                          struct dbm_err *err);
 
+/* True if the open file is byte-for-byte in the layout qcow2_commit
+ * writes, so changes can be made in place instead of by a rewrite.
+ */
+extern bool qcow2_is_canonical (struct qcow2_image *img);
+
+/* Apply the model to a canonical file in place: changed data leaves
+ * (synced), then flags that differ from OLD_FLAGS and the state (synced).
+ */
+extern int qcow2_update_in_place (struct qcow2_image *img,
+                                  const uint32_t *old_flags,
+                                  struct dbm_err *err);
+
 /* In-place updates of a committed (canonical-layout) file. */
 extern int qcow2_write_flags (struct qcow2_image *img, int i, uint32_t flags,
                               struct dbm_err *err);

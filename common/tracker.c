@@ -1,6 +1,7 @@
 #include <config.h>
 
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,7 +228,8 @@ tracker_recover_offline (const char *path,
  * bitmaps in qemu mode, then start tracking.
  */
 static int
-commit_and_track (struct tracker *tr, bool create, struct dbm_err *err)
+commit_and_track (struct tracker *tr, bool create, const uint32_t *old_flags,
+                  struct dbm_err *err)
 {
   struct qcow2_image *img = tr->img;
   uint32_t i;
@@ -241,11 +243,22 @@ commit_and_track (struct tracker *tr, bool create, struct dbm_err *err)
       b->flags |= BME_FLAG_IN_USE;
   }
   img->dbm_state = DBM_STATE_RUNNING;
-  img->dbm_region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
-    ? tr->cfg.region_size : 0;
-  if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
-    return -1;
-  (void) create;
+  /* A file already in the canonical layout (one this filter wrote) is
+   * updated in place: same inode, no free space needed, fast at any size.
+   * The region size lives in the rewritten header only.
+   */
+  if (!create && old_flags && qcow2_is_canonical (img) &&
+      img->dbm_region_size == (tr->cfg.mode == TRACKER_CRASH_SAFE
+                               ? tr->cfg.region_size : 0)) {
+    if (qcow2_update_in_place (img, old_flags, err) == -1)
+      return -1;
+  }
+  else {
+    img->dbm_region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
+      ? tr->cfg.region_size : 0;
+    if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
+      return -1;
+  }
   return setup_tracked (tr, err);
 }
 
@@ -255,6 +268,8 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
 {
   struct tracker *tr;
   struct stat st;
+  CLEANUP_FREE uint32_t *old_flags = NULL;
+  uint32_t i;
 
   *trp = NULL;
   tr = calloc (1, sizeof *tr);
@@ -277,6 +292,18 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
       dbm_seterr (err, ENOENT, "%s: symbolic link to a missing file",
                   cfg->path);
       goto fail;
+    }
+    /* Created at the first connection: check now that it can be. */
+    {
+      CLEANUP_FREE char *dir = strdup (cfg->path);
+      if (dir == NULL) {
+        dbm_seterr (err, ENOMEM, "out of memory");
+        goto fail;
+      }
+      if (access (dirname (dir), W_OK | X_OK) == -1) {
+        dbm_seterr (err, errno, "%s: cannot create the file: %m", cfg->path);
+        goto fail;
+      }
     }
     *trp = tr;                  /* created in tracker_set_size */
     return 0;
@@ -308,6 +335,13 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
                 "inconsistent", tr->cfg.path);
     goto fail;
   }
+  old_flags = calloc (tr->img->nb_bitmaps + 1, sizeof *old_flags);
+  if (old_flags == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    goto fail;
+  }
+  for (i = 0; i < tr->img->nb_bitmaps; ++i)
+    old_flags[i] = tr->img->bitmaps[i].flags;
   report_unclean (tr->img,
                   tr->img->layout == QCOW2_LAYOUT_DRAFT2015 ? cfg->bitmap_name
                   : NULL, tr->cfg.log);
@@ -319,7 +353,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
       qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
                         BME_FLAG_AUTO, 0, err) == -1)
     goto fail;
-  if (commit_and_track (tr, false, err) == -1)
+  if (commit_and_track (tr, false, old_flags, err) == -1)
     goto fail;
   *trp = tr;
   return 0;
@@ -369,7 +403,7 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
                         tr->cfg.granularity_bits,
                         tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
                         size, err) == -1 ||
-      commit_and_track (tr, created, err) == -1) {
+      commit_and_track (tr, created, NULL, err) == -1) {
     if (created) {
       qcow2_close (tr->img);
       tr->img = NULL;
@@ -565,6 +599,18 @@ tracker_dirty (struct tracker *tr)
   return false;
 }
 
+static void
+reflag_all (struct tracker *tr)
+{
+  size_t i;
+  uint64_t leaf;
+
+  for (i = 0; i < tr->nt; ++i)
+    for (leaf = 0; leaf < tr->t[i].bits->nleaves; ++leaf)
+      if (bitmap_leaf_present (tr->t[i].bits, leaf))
+        bitmap_set_changed (tr->t[i].bits, leaf);
+}
+
 /* qemu mode: write every leaf changed since the last persist. */
 static int
 persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
@@ -634,11 +680,13 @@ persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
       for (k = 0; k < 64; ++k) {
         if (!((gone >> k) & 1))
           continue;
-        if (write_region (tr, t, w * 64 + k, false, err) == -1) {
-          /* Still all-ones on disk (or partly exact): still a superset. */
-          atomic_fetch_or (&t->armed[w], gone);
+        if (write_region (tr, t, w * 64 + k, false, err) == -1)
+          /* These regions stay disarmed: on disk they are all-ones or
+           * exact, both covering every write forwarded so far, and the
+           * next write into one re-marks it (and syncs) before it is
+           * forwarded.  Re-arming them here would let a write skip that.
+           */
           return -1;
-        }
         *wrote = true;
       }
     }
@@ -660,13 +708,17 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
     return 0;
   if (tr->cfg.mode == TRACKER_CRASH_SAFE)
     return persist_regions (tr, &wrote, err);
-  if (persist_changed_leaves (tr, &wrote, err) == -1)
+  if (persist_changed_leaves (tr, &wrote, err) == -1 ||
+      (wrote && qcow2_sync (tr->img, err) == -1)) {
+    /* Leaves written in this persist may not be durable (after a failed
+     * fdatasync the kernel may even have dropped them): flag every leaf
+     * again, so no later flush can succeed without rewriting them.
+     */
+    reflag_all (tr);
     return -1;
-  if (wrote) {
-    tr->persists++;
-    if (qcow2_sync (tr->img, err) == -1)
-      return -1;
   }
+  if (wrote)
+    tr->persists++;
   return 0;
 }
 

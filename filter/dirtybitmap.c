@@ -217,8 +217,12 @@ persist_loop (void *arg)
     if (persist_thread_stop)
       break;
     pthread_mutex_unlock (&persist_thread_lock);
-    if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
-      nbdkit_error ("%s", err.msg);
+    {
+      /* size_lock: the first connection may be creating the file. */
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
+        nbdkit_error ("%s", err.msg);
+    }
     pthread_mutex_lock (&persist_thread_lock);
   }
   pthread_mutex_unlock (&persist_thread_lock);
@@ -228,32 +232,8 @@ persist_loop (void *arg)
 static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
-  struct dbm_err err;
   int r;
 
-  /* A missing file is created now, sized from the export, so that the
-   * first client already finds it (and in_use, in qemu mode) on disk.
-   */
-  if (tracker_size (tracker) == 0) {
-    nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
-    int64_t size;
-
-    if (next == NULL)
-      return -1;
-    if (next->prepare (next) == -1) {
-      nbdkit_next_context_close (next);
-      return -1;
-    }
-    size = next->get_size (next);
-    next->finalize (next);
-    nbdkit_next_context_close (next);
-    if (size == -1)
-      return -1;
-    if (tracker_set_size (tracker, size, &err) == -1) {
-      nbdkit_error ("%s", err.msg);
-      return -1;
-    }
-  }
   if (mode != TRACKER_CRASH_SAFE)
     return 0;
   r = pthread_create (&persist_thread, NULL, persist_loop, NULL);
@@ -284,7 +264,12 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   tracker = NULL;
 }
 
-/* Each connection must see the size the file was made for. */
+/* Each connection must see the size the file was made for.  A missing
+ * file is created here, at the first connection, sized from its export,
+ * before that client is served: a failure (say, a full disk) is then an
+ * error for that client, not an exit of the server (which, from
+ * after_fork, would leave an already-started --run command hanging).
+ */
 static int
 dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {

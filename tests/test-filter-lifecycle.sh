@@ -14,10 +14,15 @@ size=$((64 << 20))
 f=$PWD/bm.qcow2
 
 # qemu mode: in_use while running, clean after SIGTERM.
+# (A missing file is created at the first connection, before it is served.)
 start_nbdkit pid1 $PWD/s1.sock memory $size bitmap-file=$f bitmap-mode=qemu
-qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use while running"
 nbdsh -u "nbd+unix:///?socket=$PWD/s1.sock" -c 'h.pwrite(b"x" * 4096, 1 << 20)'
+qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use while running"
 kill_nbdkit "$(cat pid1)"
+# An existing file is in_use from start-up, before any client.
+start_nbdkit pid1b $PWD/s1b.sock memory $size bitmap-file=$f bitmap-mode=qemu
+qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use at start-up"
+kill_nbdkit "$(cat pid1b)"
 qemu_check $f
 qemu-img info --output=json $f | grep -q '"in-use"' && fail "in_use after SIGTERM"
 [ "$(map_ours $f dirtybitmap)" = "1048576 65536" ] || fail "bits after SIGTERM"
@@ -79,6 +84,16 @@ cp $g crashed.qcow2
 grep -q "the previous run did not shut down cleanly; bitmap 'dirtybitmap' covers every write it forwarded: 67108864 bytes dirty, of which at most 67108864 in regions pre-marked as a precaution" err ||
     { cat err; fail "crash-safe restart did not report the unclean shutdown"; }
 qemu_check $g
+# A file already in our layout is updated in place at start (same inode);
+# one QEMU rewrote is rewritten into it.
+ino=$(stat -c %i $g)
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+[ "$(stat -c %i $g)" = "$ino" ] || fail "restart rewrote a canonical file"
+qemu-img bitmap --add $g extra
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+[ "$(stat -c %i $g)" != "$ino" ] || fail "a QEMU-rewritten file was not rewritten"
+qemu_check $g
+"$DIRTYBITMAP" remove $g extra
 # After a clean shutdown there is nothing to report.
 "$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true 2> err
 grep -q "did not shut down cleanly" err && fail "clean shutdown reported as unclean"

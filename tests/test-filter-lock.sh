@@ -9,6 +9,7 @@ requires qemu-img --version
 requires qemu-io --version
 f=$PWD/bm.qcow2
 
+"$DIRTYBITMAP" create $f --size 1G
 start_nbdkit pid $PWD/s.sock memory 1G bitmap-file=$f
 set +e
 qemu-img bitmap --add $f other 2> err; rc=$?

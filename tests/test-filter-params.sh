@@ -47,7 +47,8 @@ bad_param "bitmap-persist-interval: 'soon' is not a number of seconds" \
     bitmap-file=$PWD/good.qcow2 bitmap-persist-interval=soon
 mkdir adir
 bad_param "adir: is a directory, not a bitmap file" bitmap-file=$PWD/adir
-bad_param "No such file or directory" bitmap-file=$PWD/nodir/x.qcow2
+bad_param "nodir/x.qcow2: cannot create the file: No such file or directory" \
+    bitmap-file=$PWD/nodir/x.qcow2
 echo "not qcow2 at all, just text, long enough for a header........................................................" > text.qcow2
 bad_param "not a qcow2 file" bitmap-file=$PWD/text.qcow2
 ln -s $PWD/nowhere dangling.qcow2
@@ -56,8 +57,8 @@ bad_param "dangling.qcow2: symbolic link to a missing file" \
 [ -L dangling.qcow2 ] || fail "the dangling symlink was replaced"
 # A disk too big for the requested granularity (more than 512 MiB of bitmap).
 set +e
-"$NBDKIT" --filter="$FILTER" memory 4T bitmap-file=$PWD/fresh.qcow2 \
-    bitmap-granularity=512 --run true > out 2>&1; rc=$?
+"$NBDKIT" -U - --filter="$FILTER" memory 4T bitmap-file=$PWD/fresh.qcow2 \
+    bitmap-granularity=512 --run 'nbdsh -u "$uri" -c pass' > out 2>&1; rc=$?
 set -e
 [ $rc -ne 0 ] && grep -q "granularity 512 is too fine" out || { cat out; fail "too fine"; }
 [ ! -e fresh.qcow2 ] || fail "a failed start created the file"
