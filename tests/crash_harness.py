@@ -94,19 +94,24 @@ def verify(bm, disk, sent, acked):
     if "in-use" in info:
         problems.append("bitmap left in_use")
     ext = dirty_map(bm)
+    # Dirty granules as an array: O(1) per check however long the history.
+    dg = bytearray(SIZE // GRAN)
+    for a, l in ext:
+        for g in range(a // GRAN, (a + l + GRAN - 1) // GRAN):
+            dg[g] = 1
     with open(disk, "rb") as f:
         g = 0
         while True:
             chunk = f.read(GRAN)
             if not chunk:
                 break
-            if chunk.count(0) != len(chunk) and not is_dirty(ext, g * GRAN, len(chunk)):
+            if chunk.count(0) != len(chunk) and not dg[g]:
                 problems.append("granule %d has data but is clean" % g)
                 break
             g += 1
     for off, n in acked:
         for gg in range(off // GRAN, (off + n - 1) // GRAN + 1):
-            if not is_dirty(ext, gg * GRAN, GRAN):
+            if not dg[gg]:
                 problems.append("acked write %d+%d not dirty" % (off, n))
                 break
     touched = set()
@@ -172,13 +177,70 @@ def trial(workdir, rng, t):
     return problems
 
 
+def soak(workdir, rng, seconds):
+    """One disk and one bitmap file across many kill -9 / restart rounds,
+    with periodic clean restarts too; verified after every round."""
+    disk = os.path.join(workdir, "soak.img")
+    bm = os.path.join(workdir, "soak.qcow2")
+    with open(disk, "wb") as f:
+        f.truncate(SIZE)
+    sent, acked = [], []
+    end = time.time() + seconds
+    rounds = kills = violations = nacked = compact_len = 0
+    while time.time() < end:
+        rounds += 1
+        pid, uri = start(workdir, disk, bm)
+        stop = threading.Event()
+        ths = [threading.Thread(target=writer,
+                                args=(uri, rng.random(), sent, acked, stop))
+               for _ in range(4)]
+        for th in ths:
+            th.start()
+        time.sleep(rng.uniform(0.5, 5))
+        if rng.random() < 0.8:
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            stop.set()
+        else:
+            stop.set()
+            for th in ths:
+                th.join()
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(600):
+                try:
+                    os.kill(pid, 0)
+                    time.sleep(0.05)
+                except ProcessLookupError:
+                    break
+        for th in ths:
+            th.join()
+        nacked += len(acked) - compact_len
+        # Keep the history compact: one entry per granule / region.
+        acked[:] = [(g * GRAN, 1) for g in sorted({gg for off, n in acked
+                    for gg in range(off // GRAN, (off + n - 1) // GRAN + 1)})]
+        sent[:] = [(r * REGION, 1) for r in sorted({rr for off, n in sent
+                   for rr in range(off // REGION, (off + n - 1) // REGION + 1)})]
+        compact_len = len(acked)
+        problems = verify(bm, disk, sent, acked)
+        if problems:
+            violations += 1
+            print("round %d: VIOLATION: %s" % (rounds, "; ".join(problems[:3])))
+    print("soak: %d s, %d rounds (%d kill -9, %d clean restarts), %d writes "
+          "acknowledged, %d violations" % (seconds, rounds, kills,
+                                           rounds - kills, nacked, violations))
+    return violations
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--soak-seconds", type=int, default=0)
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     a = ap.parse_args()
     rng = random.Random(a.seed)
+    if a.soak_seconds:
+        sys.exit(1 if soak(a.workdir, rng, a.soak_seconds) else 0)
     violations = 0
     for t in range(a.trials):
         problems = trial(a.workdir, rng, t)

@@ -39,6 +39,8 @@ bad_param "bitmap-name: must be 1..1023 bytes, got 1024" \
     bitmap-file=$PWD/good.qcow2 bitmap-name=$(printf 'n%.0s' $(seq 1024))
 bad_param "bitmap-mode: 'fast' is not crash-safe or qemu" \
     bitmap-file=$PWD/good.qcow2 bitmap-mode=fast
+bad_param "bitmap-format: 'qcow3' is not qemu or draft-2015" \
+    bitmap-file=$PWD/good.qcow2 bitmap-format=qcow3
 bad_param "bitmap-in-use: 'maybe' is not dirty or refuse" \
     bitmap-file=$PWD/good.qcow2 bitmap-in-use=maybe
 bad_param "bitmap-region: 1000 is outside" \
@@ -63,6 +65,18 @@ set -e
 [ $rc -ne 0 ] && grep -q "granularity 512 is too fine" out || { cat out; fail "too fine"; }
 [ ! -e fresh.qcow2 ] || fail "a failed start created the file"
 [ "$(md5sum < good.qcow2)" = "$sum" ] || fail "a failed start modified good.qcow2"
+# A read-only filesystem: refused at start, file untouched.
+mkdir ro
+if mount -t tmpfs -o size=4m tmpfs ro 2>/dev/null; then
+    cleanup_fn "umount '$PWD/ro'"
+    cp good.qcow2 ro/
+    mount -o remount,ro ro
+    bad_param "ro/good.qcow2: open: Read-only file system" bitmap-file=$PWD/ro/good.qcow2
+    [ "$(md5sum < ro/good.qcow2)" = "$sum" ] || fail "read-only case modified the file"
+else
+    [ "${CI:-}" = true ] && fail "cannot mount a tmpfs for the read-only case"
+    echo "tmpfs mount not permitted: read-only case not run"
+fi
 # A symlink to a valid file: the link survives, the target is updated.
 ln -s $PWD/good.qcow2 link.qcow2
 "$NBDKIT" --filter="$FILTER" memory 1G bitmap-file=$PWD/link.qcow2 --run true
