@@ -366,31 +366,47 @@ qcow2_is_canonical (struct qcow2_image *img)
 }
 
 int
+qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
+                     struct dbm_err *err)
+{
+  struct qcow2_bitmap *b = &img->bitmaps[i];
+  unsigned char buf[BITMAP_LEAF_BYTES];
+  uint64_t leaf, nbytes = bitmap_data_bytes (&b->bits);
+
+  if (!atomic_load (&b->bits.any_changed))
+    return 0;
+  /* Cleared before the scan: a bit flipped during it sets it again. */
+  atomic_store (&b->bits.any_changed, false);
+  for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
+    uint64_t off = leaf * BITMAP_LEAF_BYTES;
+    size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
+      : BITMAP_LEAF_BYTES;
+
+    if (!bitmap_take_changed (&b->bits, leaf))
+      continue;
+    bitmap_export (&b->bits, off, buf, len);
+    if (qcow2_write_data (img, i, off, buf, len, err) == -1) {
+      bitmap_set_changed (&b->bits, leaf);
+      return -1;
+    }
+    if (wrote)
+      *wrote = true;
+  }
+  return 0;
+}
+
+int
 qcow2_update_in_place (struct qcow2_image *img, const uint32_t *old_flags,
                        struct dbm_err *err)
 {
-  unsigned char buf[BITMAP_LEAF_BYTES];
-  uint64_t i, leaf;
+  uint64_t i;
 
   /* Data first and durable, then flags and state: a cleared in_use must
    * never describe data that is not on disk.
    */
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
-    uint64_t nbytes = bitmap_data_bytes (&b->bits);
-
-    for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
-      uint64_t off = leaf * BITMAP_LEAF_BYTES;
-      size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
-        : BITMAP_LEAF_BYTES;
-      if (!bitmap_take_changed (&b->bits, leaf))
-        continue;
-      bitmap_export (&b->bits, off, buf, len);
-      if (qcow2_write_data (img, i, off, buf, len, err) == -1)
-        return -1;
-    }
-    atomic_store (&b->bits.any_changed, false);
-  }
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    if (qcow2_write_changed (img, i, NULL, err) == -1)
+      return -1;
   if (qcow2_sync (img, err) == -1)
     return -1;
   for (i = 0; i < img->nb_bitmaps; ++i) {

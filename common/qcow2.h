@@ -209,6 +209,13 @@ extern int qcow2_commit (struct qcow2_image *img, const char *path,
  */
 extern bool qcow2_is_canonical (struct qcow2_image *img);
 
+/* Write every data leaf of bitmap I flagged changed since the last call
+ * (not synced); *WROTE (if not NULL) is set if anything was written.  A
+ * leaf that fails to write stays flagged.
+ */
+extern int qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
+                                struct dbm_err *err);
+
 /* Apply the model to a canonical file in place: changed data leaves
  * (synced), then flags that differ from OLD_FLAGS and the state (synced).
  */

@@ -615,32 +615,11 @@ reflag_all (struct tracker *tr)
 static int
 persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
 {
-  unsigned char buf[BITMAP_LEAF_BYTES];
   size_t i;
 
-  for (i = 0; i < tr->nt; ++i) {
-    struct tracked *t = &tr->t[i];
-    uint64_t leaf, nbytes = bitmap_data_bytes (t->bits);
-
-    if (!atomic_load (&t->bits->any_changed))
-      continue;
-    /* Cleared before the scan: a bit flipped during it sets it again. */
-    atomic_store (&t->bits->any_changed, false);
-    for (leaf = 0; leaf < t->bits->nleaves; ++leaf) {
-      uint64_t off = leaf * BITMAP_LEAF_BYTES;
-      size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
-        : BITMAP_LEAF_BYTES;
-
-      if (!bitmap_take_changed (t->bits, leaf))
-        continue;
-      bitmap_export (t->bits, off, buf, len);
-      if (qcow2_write_data (tr->img, t->idx, off, buf, len, err) == -1) {
-        bitmap_set_changed (t->bits, leaf);
-        return -1;
-      }
-      *wrote = true;
-    }
-  }
+  for (i = 0; i < tr->nt; ++i)
+    if (qcow2_write_changed (tr->img, tr->t[i].idx, wrote, err) == -1)
+      return -1;
   return 0;
 }
 

@@ -84,6 +84,25 @@ def writer(uri, seed, sent, acked, stop):
         pass
 
 
+def start_writers(uri, rng, sent, acked, n):
+    stop = threading.Event()
+    ths = [threading.Thread(target=writer,
+                            args=(uri, rng.random(), sent, acked, stop))
+           for _ in range(n)]
+    for th in ths:
+        th.start()
+    return stop, ths
+
+
+def wait_exit(pid):
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            return
+
+
 def verify(bm, disk, sent, acked):
     problems = []
     r = subprocess.run(["qemu-img", "check", bm], capture_output=True, text=True)
@@ -142,12 +161,7 @@ def trial(workdir, rng, t):
     sent, acked = [], []
     for rnd in range(2):
         pid, uri = start(workdir, disk, bm)
-        stop = threading.Event()
-        ths = [threading.Thread(target=writer,
-                                args=(uri, rng.random(), sent, acked, stop))
-               for _ in range(3)]
-        for th in ths:
-            th.start()
+        stop, ths = start_writers(uri, rng, sent, acked, 3)
         time.sleep(rng.uniform(0.05, 1.5))
         os.kill(pid, signal.SIGKILL)
         stop.set()
@@ -165,12 +179,7 @@ def trial(workdir, rng, t):
     p.wait()
     pid, uri = start(workdir, disk, bm)
     os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        try:
-            os.kill(pid, 0)
-            time.sleep(0.05)
-        except ProcessLookupError:
-            break
+    wait_exit(pid)
     problems = verify(bm, disk, sent, acked)
     for f in (disk, bm):
         os.unlink(f)
@@ -190,12 +199,7 @@ def soak(workdir, rng, seconds):
     while time.time() < end:
         rounds += 1
         pid, uri = start(workdir, disk, bm)
-        stop = threading.Event()
-        ths = [threading.Thread(target=writer,
-                                args=(uri, rng.random(), sent, acked, stop))
-               for _ in range(4)]
-        for th in ths:
-            th.start()
+        stop, ths = start_writers(uri, rng, sent, acked, 4)
         time.sleep(rng.uniform(0.5, 5))
         if rng.random() < 0.8:
             os.kill(pid, signal.SIGKILL)
@@ -206,12 +210,7 @@ def soak(workdir, rng, seconds):
             for th in ths:
                 th.join()
             os.kill(pid, signal.SIGTERM)
-            for _ in range(600):
-                try:
-                    os.kill(pid, 0)
-                    time.sleep(0.05)
-                except ProcessLookupError:
-                    break
+            wait_exit(pid)
         for th in ths:
             th.join()
         nacked += len(acked) - compact_len
