@@ -47,6 +47,7 @@ tracker_free (struct tracker *tr)
   pthread_mutex_destroy (&tr->persist_lock);
   pthread_mutex_destroy (&tr->arm_lock);
   pthread_mutex_destroy (&tr->sync_lock);
+  pthread_mutex_destroy (&tr->quiesce_lock);
   free (tr);
 }
 
@@ -281,6 +282,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   pthread_mutex_init (&tr->persist_lock, NULL);
   pthread_mutex_init (&tr->arm_lock, NULL);
   pthread_mutex_init (&tr->sync_lock, NULL);
+  pthread_mutex_init (&tr->quiesce_lock, NULL);
 
   if (stat (cfg->path, &st) == -1) {
     if (errno != ENOENT) {
@@ -510,6 +512,42 @@ arm_region (struct tracker *tr, struct tracked *t, uint64_t r)
   return 0;
 }
 
+/* Write the in_use flag of every tracked bitmap (set or clear) and sync. */
+static int
+write_tracked_in_use (struct tracker *tr, bool in_use, struct dbm_err *err)
+{
+  size_t i;
+
+  for (i = 0; i < tr->nt; ++i) {
+    struct qcow2_bitmap *b = &tr->img->bitmaps[tr->t[i].idx];
+    uint32_t f = in_use ? b->flags | BME_FLAG_IN_USE
+      : b->flags & ~BME_FLAG_IN_USE;
+    if (qcow2_write_flags (tr->img, tr->t[i].idx, f, err) == -1)
+      return -1;
+  }
+  return qcow2_sync (tr->img, err);
+}
+
+/* After tracker_quiesce, a bit that flips makes the on-disk bitmap stale
+ * again: say so on disk (in_use, synced) before the write goes on.
+ */
+static int
+reassert_in_use (struct tracker *tr)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
+  struct dbm_err err;
+
+  if (!atomic_load (&tr->in_use_cleared))
+    return 0;
+  if (write_tracked_in_use (tr, true, &err) == -1) {
+    tr->cfg.log ("%s", err.msg);
+    errno = err.errnum ? err.errnum : EIO;
+    return -1;
+  }
+  atomic_store (&tr->in_use_cleared, false);
+  return 0;
+}
+
 /* The general path: set bits, and in crash-safe mode touch and arm every
  * region the range covers.
  */
@@ -528,8 +566,12 @@ mark_slow (struct tracker *tr, uint64_t offset, uint64_t count)
      */
     if (bitmap_set_bits (t->bits, first, last) == -1)
       return -1;
-    if (tr->cfg.mode != TRACKER_CRASH_SAFE)
+    if (tr->cfg.mode != TRACKER_CRASH_SAFE) {
+      /* Pairs with tracker_quiesce: bits first, then the flag. */
+      if (atomic_load (&tr->in_use_cleared) && reassert_in_use (tr) == -1)
+        return -1;
       continue;
+    }
     if (last >= t->bits->nbits)
       last = t->bits->nbits ? t->bits->nbits - 1 : 0;
     /* Order matters (see persist_regions): fine bits, then touched, then
@@ -554,6 +596,9 @@ mark_is_noop (const struct tracker *tr, uint64_t offset, uint64_t count)
 {
   const struct tracked *t = tr->t, *end = tr->t + tr->nt;
   bool crash_safe = tr->cfg.mode == TRACKER_CRASH_SAFE;
+
+  if (atomic_load (&tr->in_use_cleared))
+    return false;
 
   for (; t < end; ++t) {
     uint64_t first = offset >> t->granularity_bits;
@@ -698,6 +743,29 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
   }
   if (wrote)
     tr->persists++;
+  return 0;
+}
+
+int
+tracker_quiesce (struct tracker *tr, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
+
+  if (tr->img == NULL)
+    return 0;
+  if (tr->cfg.mode != TRACKER_QEMU)
+    return tracker_persist (tr, err);
+  /* The flag goes up before the persist scans the bitmap: a writer either
+   * flipped its bit early enough for the persist to see it, or sees the
+   * flag and sets in_use again (after this function, under the lock).
+   */
+  atomic_store (&tr->in_use_cleared, true);
+  /* On failure the flag stays up: writers then re-assert in_use, which is
+   * harmless if it was never cleared and needed if it partly was.
+   */
+  if (tracker_persist (tr, err) == -1 ||
+      write_tracked_in_use (tr, false, err) == -1)
+    return -1;
   return 0;
 }
 

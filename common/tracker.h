@@ -68,6 +68,11 @@ struct tracker {
   _Atomic uint64_t write_seq;
   uint64_t synced_seq;
   uint64_t persists;            /* persists that wrote something */
+  /* qemu mode, after tracker_quiesce: in_use is clear on disk, so a write
+   * that flips a bit must set it again before it is forwarded.
+   */
+  _Atomic bool in_use_cleared;
+  pthread_mutex_t quiesce_lock;
 };
 
 /* Open (and validate) the file if it exists, take QEMU-compatible locks,
@@ -103,6 +108,12 @@ extern int tracker_persist (struct tracker *tr, struct dbm_err *err);
 
 /* True if a persist would write anything. */
 extern bool tracker_dirty (struct tracker *tr);
+
+/* The server is quitting but may wait for idle clients: persist now and,
+ * in qemu mode, clear in_use, so that a later SIGKILL leaves a clean file.
+ * Writes that still arrive set in_use again before they are forwarded.
+ */
+extern int tracker_quiesce (struct tracker *tr, struct dbm_err *err);
 
 /* Final persist; in qemu mode clear in_use.  Frees TR. */
 extern int tracker_close (struct tracker *tr, struct dbm_err *err);

@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <nbdkit-filter.h>
 
@@ -37,9 +41,6 @@ static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static pthread_t persist_thread;
 static bool persist_thread_running;
-static bool persist_thread_stop;
-static pthread_mutex_t persist_thread_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t persist_thread_cond = PTHREAD_COND_INITIALIZER;
 
 static void
 log_note (const char *fmt, ...)
@@ -199,33 +200,87 @@ dirtybitmap_get_ready (int thread_model)
   return 0;
 }
 
-/* crash-safe mode: the file is always a durable superset; a periodic
- * persist shrinks all-ones regions back to exact bits, which bounds the
- * over-approximation after a crash.
+/* The persist thread.  crash-safe mode: the file is always a durable
+ * superset; a periodic persist shrinks all-ones regions back to exact bits,
+ * which bounds the over-approximation after a crash.  Both modes: when
+ * nbdkit is told to quit it waits for idle clients to leave before
+ * .cleanup runs, and may be SIGKILLed meanwhile (systemd); so save at once
+ * (in qemu mode also clearing in_use) when the signal arrives.
  */
+static int quit_pipe[2] = { -1, -1 };
+static struct sigaction old_actions[NSIG];
+
+static void
+on_quit_signal (int sig, siginfo_t *info, void *ctx)
+{
+  int saved = errno;
+  const struct sigaction *old = &old_actions[sig];
+
+  /* nbdkit's own handler first: it sets quit and wakes its threads. */
+  if (old->sa_flags & SA_SIGINFO) {
+    if (old->sa_sigaction)
+      old->sa_sigaction (sig, info, ctx);
+  }
+  else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN)
+    old->sa_handler (sig);
+  if (quit_pipe[1] >= 0 && write (quit_pipe[1], "q", 1) == -1) {
+    /* nothing to do: the pipe is full, so a wake-up is pending anyway */
+  }
+  errno = saved;
+}
+
+/* nbdkit installs its quit handlers after after_fork; chain onto them at
+ * the first connection.
+ */
+static void
+chain_quit_handlers (void)
+{
+  static const int sigs[] = { SIGINT, SIGQUIT, SIGTERM, SIGHUP };
+  static bool done;
+  struct sigaction sa;
+  size_t i;
+
+  if (done || quit_pipe[1] < 0)
+    return;
+  done = true;
+  memset (&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_quit_signal;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset (&sa.sa_mask);
+  for (i = 0; i < sizeof sigs / sizeof sigs[0]; ++i)
+    sigaction (sigs[i], &sa, &old_actions[sigs[i]]);
+}
+
 static void *
 persist_loop (void *arg)
 {
   struct dbm_err err;
-  struct timespec until;
+  struct pollfd pfd = { .fd = quit_pipe[0], .events = POLLIN };
+  int timeout = mode == TRACKER_CRASH_SAFE ? (int) persist_interval * 1000 : -1;
+  char c;
 
-  pthread_mutex_lock (&persist_thread_lock);
-  while (!persist_thread_stop) {
-    clock_gettime (CLOCK_REALTIME, &until);
-    until.tv_sec += persist_interval;
-    pthread_cond_timedwait (&persist_thread_cond, &persist_thread_lock, &until);
-    if (persist_thread_stop)
+  for (;;) {
+    int r = poll (&pfd, 1, timeout);
+
+    if (r == -1 && errno != EINTR)
       break;
-    pthread_mutex_unlock (&persist_thread_lock);
-    {
+    if (r > 0) {
+      if (read (quit_pipe[0], &c, 1) == 1 && c == 's')
+        break;                  /* .cleanup stops us */
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+      if (tracker_quiesce (tracker, &err) == -1)
+        nbdkit_error ("%s", err.msg);
+      else if (dirtybitmap_debug_verbose)
+        nbdkit_debug ("dirtybitmap: quit signal: bitmaps saved");
+      continue;
+    }
+    if (r == 0) {
       /* size_lock: the first connection may be creating the file. */
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
       if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
         nbdkit_error ("%s", err.msg);
     }
-    pthread_mutex_lock (&persist_thread_lock);
   }
-  pthread_mutex_unlock (&persist_thread_lock);
   return NULL;
 }
 
@@ -234,8 +289,10 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
 {
   int r;
 
-  if (mode != TRACKER_CRASH_SAFE)
-    return 0;
+  if (pipe2 (quit_pipe, O_CLOEXEC | O_NONBLOCK) == -1) {
+    nbdkit_error ("dirtybitmap: pipe: %m");
+    return -1;
+  }
   r = pthread_create (&persist_thread, NULL, persist_loop, NULL);
   if (r != 0) {
     errno = r;
@@ -252,10 +309,8 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   struct dbm_err err;
 
   if (persist_thread_running) {
-    pthread_mutex_lock (&persist_thread_lock);
-    persist_thread_stop = true;
-    pthread_cond_signal (&persist_thread_cond);
-    pthread_mutex_unlock (&persist_thread_lock);
+    while (write (quit_pipe[1], "s", 1) == -1 && errno == EINTR)
+      ;
     pthread_join (persist_thread, NULL);
     persist_thread_running = false;
   }
@@ -277,6 +332,7 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   struct dbm_err err;
   int64_t size = next->get_size (next);
 
+  chain_quit_handlers ();
   if (size == -1)
     return -1;
   if (tracker_set_size (tracker, size, &err) == -1) {

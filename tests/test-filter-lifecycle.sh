@@ -6,6 +6,7 @@
 # line; bitmap-in-use=refuse refuses).  In crash-safe mode kill -9 leaves a
 # consistent superset that qemu-nbd -B can serve.
 source "$srcdir/functions.sh"
+DIRTYBITMAP=${DIRTYBITMAP:?}
 requires "$NBDKIT" --version
 requires nbdsh -c 'exit(0)'
 requires qemu-img --version
@@ -26,6 +27,31 @@ kill_nbdkit "$(cat pid1b)"
 qemu_check $f
 qemu-img info --output=json $f | grep -q '"in-use"' && fail "in_use after SIGTERM"
 [ "$(map_ours $f dirtybitmap)" = "1048576 65536" ] || fail "bits after SIGTERM"
+
+# qemu mode, SIGTERM while an idle client stays connected: nbdkit keeps
+# running until the client leaves, but the bitmap is saved and in_use
+# cleared at once (so a SIGKILL from a service manager loses nothing).
+start_nbdkit pidi $PWD/si.sock memory $size bitmap-file=$f bitmap-mode=qemu
+nbdsh -u "nbd+unix:///?socket=$PWD/si.sock" -c '
+import time
+h.pwrite(b"x" * 10, 3 << 20)
+time.sleep(8)' &
+client=$!
+sleep 1.5
+qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use before SIGTERM"
+kill "$(cat pidi)"
+for i in $(seq 50); do
+    qemu-img info -U --output=json $f | grep -q '"in-use"' || break
+    sleep 0.1
+done
+kill -0 "$(cat pidi)" || fail "nbdkit exited although a client is connected"
+qemu-img info -U --output=json $f | grep -q '"in-use"' && fail "idle client: in_use not cleared at SIGTERM"
+cp $f idle-copy.qcow2
+"$DIRTYBITMAP" map idle-copy.qcow2 dirtybitmap | grep -q "^ *3145728 .*dirty" ||
+    fail "idle client: the write before SIGTERM is not saved"
+kill -9 "$(cat pidi)"; wait $client 2>/dev/null || true
+qemu_check $f
+qemu-img info --output=json $f | grep -q '"in-use"' && fail "in_use after SIGKILL following SIGTERM"
 
 # qemu mode: kill -9.
 start_nbdkit pid2 $PWD/s2.sock memory $size bitmap-file=$f bitmap-mode=qemu
