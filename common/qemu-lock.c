@@ -63,3 +63,9 @@ qemu_lock_write (int fd, const char *path, struct dbm_err *err)
   }
   return 0;
 }
+
+int
+qemu_lock_new_file (int fd, struct dbm_err *err)
+{
+  return qemu_lock_write (fd, "new bitmap file", err);
+}

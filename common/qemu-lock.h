@@ -14,4 +14,9 @@
  */
 extern int qemu_lock_write (int fd, const char *path, struct dbm_err *err);
 
+/* qemu_lock_write for a new file not yet at its path (the temporary file
+ * of a rewrite), in the shape qcow2_commit's lock callback takes.
+ */
+extern int qemu_lock_new_file (int fd, struct dbm_err *err);
+
 #endif

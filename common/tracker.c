@@ -17,12 +17,6 @@ nolog (const char *fmt, ...)
 {
 }
 
-static int
-lock_cb (int fd, struct dbm_err *err)
-{
-  return qemu_lock_write (fd, "new bitmap file", err);
-}
-
 static void
 free_tracked (struct tracker *tr)
 {
@@ -103,13 +97,16 @@ setup_tracked (struct tracker *tr, struct dbm_err *err)
   return 0;
 }
 
-/* Decide what to do with bitmaps whose contents are unknown (in_use on
- * disk: a crash in qemu mode, or QEMU itself died).  Never trust them.
+/* Bitmaps whose contents are unknown (in_use on disk: a crash in qemu
+ * mode, or QEMU itself died; or autoclear bit 0 clear) are never trusted:
+ * refuse, or mark them entirely dirty and clear in_use.  ONLY limits this
+ * to one bitmap (NULL: all).  *CHANGED (if set) says whether any was.
  */
 static int
-apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
+settle_in_use (struct qcow2_image *img, const char *only, bool refuse,
+               void (*log) (const char *fmt, ...), bool *changed,
+               struct dbm_err *err)
 {
-  struct qcow2_image *img = tr->img;
   uint32_t i;
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
@@ -117,10 +114,9 @@ apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
 
     if (!(b->flags & BME_FLAG_IN_USE) && !img->ext_inconsistent)
       continue;
-    /* The draft container's other bitmaps belong to other drives. */
-    if (img->layout == QCOW2_LAYOUT_DRAFT2015 && !is_tracked (tr, b))
+    if (only && strcmp (only, b->name) != 0)
       continue;
-    if (tr->cfg.in_use_policy == IN_USE_REFUSE)
+    if (refuse)
       return dbm_seterr (err, EINVAL, "%s: bitmap '%s' is in use or "
                          "inconsistent (the previous writer did not shut "
                          "down cleanly) and bitmap-in-use=refuse is set",
@@ -129,10 +125,20 @@ apply_in_use_policy (struct tracker *tr, struct dbm_err *err)
       return dbm_seterr (err, ENOMEM, "out of memory");
     b->inconsistent = false;
     b->flags &= ~BME_FLAG_IN_USE;
-    tr->cfg.log ("bitmap '%s' in %s was in use (unclean shutdown): "
-                 "marked entirely dirty", b->name, img->path);
+    log ("%s: bitmap '%s' was in use (unclean shutdown): marked entirely "
+         "dirty", img->path, b->name);
+    if (changed)
+      *changed = true;
   }
   return 0;
+}
+
+/* The draft container's other bitmaps belong to other drives. */
+static const char *
+only_tracked_name (const struct tracker *tr)
+{
+  return tr->img->layout == QCOW2_LAYOUT_DRAFT2015 ? tr->cfg.bitmap_name
+    : NULL;
 }
 
 /* After a crash in crash-safe mode nothing needs recovering: say so, and
@@ -186,7 +192,6 @@ tracker_recover_offline (const char *path,
                          struct dbm_err *err)
 {
   struct qcow2_image *img;
-  uint32_t i;
   bool changed = false;
   int r;
 
@@ -201,26 +206,16 @@ tracker_recover_offline (const char *path,
   if (img->dbm_state & DBM_STATE_RUNNING)
     changed = true;
   img->dbm_state &= ~DBM_STATE_RUNNING;
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
-    if (!(b->flags & BME_FLAG_IN_USE) && !img->ext_inconsistent)
-      continue;
-    if (bitmap_set_bits (&b->bits, 0, UINT64_MAX) == -1) {
-      qcow2_close (img);
-      return dbm_seterr (err, ENOMEM, "out of memory");
-    }
-    b->inconsistent = false;
-    b->flags &= ~BME_FLAG_IN_USE;
-    log ("%s: bitmap '%s' was in use (unclean shutdown): marked entirely "
-         "dirty", path, b->name);
-    changed = true;
+  if (settle_in_use (img, NULL, false, log, &changed, err) == -1) {
+    qcow2_close (img);
+    return -1;
   }
   if (!changed) {
     log ("%s: nothing to recover", path);
     qcow2_close (img);
     return 0;
   }
-  r = qcow2_commit (img, path, lock_cb, err);
+  r = qcow2_commit (img, path, qemu_lock_new_file, err);
   qcow2_close (img);
   return r;
 }
@@ -229,10 +224,12 @@ tracker_recover_offline (const char *path,
  * bitmaps in qemu mode, then start tracking.
  */
 static int
-commit_and_track (struct tracker *tr, bool create, const uint32_t *old_flags,
+commit_and_track (struct tracker *tr, const uint32_t *old_flags,
                   struct dbm_err *err)
 {
   struct qcow2_image *img = tr->img;
+  uint64_t region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
+    ? tr->cfg.region_size : 0;
   uint32_t i;
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
@@ -246,18 +243,17 @@ commit_and_track (struct tracker *tr, bool create, const uint32_t *old_flags,
   img->dbm_state = DBM_STATE_RUNNING;
   /* A file already in the canonical layout (one this filter wrote) is
    * updated in place: same inode, no free space needed, fast at any size.
-   * The region size lives in the rewritten header only.
+   * OLD_FLAGS is NULL when the model was just created or gained a bitmap:
+   * always a rewrite.  The region size lives in the rewritten header only.
    */
-  if (!create && old_flags && qcow2_is_canonical (img) &&
-      img->dbm_region_size == (tr->cfg.mode == TRACKER_CRASH_SAFE
-                               ? tr->cfg.region_size : 0)) {
+  if (old_flags && qcow2_is_canonical (img) &&
+      img->dbm_region_size == region_size) {
     if (qcow2_update_in_place (img, old_flags, err) == -1)
       return -1;
   }
   else {
-    img->dbm_region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
-      ? tr->cfg.region_size : 0;
-    if (qcow2_commit (img, tr->cfg.path, lock_cb, err) == -1)
+    img->dbm_region_size = region_size;
+    if (qcow2_commit (img, tr->cfg.path, qemu_lock_new_file, err) == -1)
       return -1;
   }
   return setup_tracked (tr, err);
@@ -344,10 +340,10 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   }
   for (i = 0; i < tr->img->nb_bitmaps; ++i)
     old_flags[i] = tr->img->bitmaps[i].flags;
-  report_unclean (tr->img,
-                  tr->img->layout == QCOW2_LAYOUT_DRAFT2015 ? cfg->bitmap_name
-                  : NULL, tr->cfg.log);
-  if (apply_in_use_policy (tr, err) == -1)
+  report_unclean (tr->img, only_tracked_name (tr), tr->cfg.log);
+  if (settle_in_use (tr->img, only_tracked_name (tr),
+                     tr->cfg.in_use_policy == IN_USE_REFUSE, tr->cfg.log,
+                     NULL, err) == -1)
     goto fail;
   /* A draft bitmap is sized from the export: added in tracker_set_size. */
   if (tr->img->layout == QCOW2_LAYOUT_QEMU &&
@@ -355,7 +351,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
       qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
                         BME_FLAG_AUTO, 0, err) == -1)
     goto fail;
-  if (commit_and_track (tr, false, old_flags, err) == -1)
+  if (commit_and_track (tr, old_flags, err) == -1)
     goto fail;
   *trp = tr;
   return 0;
@@ -405,7 +401,7 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
                         tr->cfg.granularity_bits,
                         tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
                         size, err) == -1 ||
-      commit_and_track (tr, created, NULL, err) == -1) {
+      commit_and_track (tr, NULL, err) == -1) {
     if (created) {
       qcow2_close (tr->img);
       tr->img = NULL;
@@ -741,8 +737,6 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
     reflag_all (tr);
     return -1;
   }
-  if (wrote)
-    tr->persists++;
   return 0;
 }
 
@@ -772,19 +766,13 @@ tracker_quiesce (struct tracker *tr, struct dbm_err *err)
 int
 tracker_close (struct tracker *tr, struct dbm_err *err)
 {
-  size_t i;
   int r = 0;
 
   if (tr->img && tracker_persist (tr, err) == -1)
     r = -1;
-  if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU) {
-    /* Only after the data is durable may in_use be cleared. */
-    for (i = 0; i < tr->nt && r == 0; ++i) {
-      struct qcow2_bitmap *b = &tr->img->bitmaps[tr->t[i].idx];
-      r = qcow2_write_flags (tr->img, tr->t[i].idx,
-                             b->flags & ~BME_FLAG_IN_USE, err);
-    }
-  }
+  /* Only after the data is durable may in_use be cleared. */
+  if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU)
+    r = write_tracked_in_use (tr, false, err);
   if (r == 0 && tr->img) {
     r = qcow2_write_state (tr->img, tr->img->dbm_state & ~DBM_STATE_RUNNING,
                            err);

@@ -393,12 +393,6 @@ report_problems (const struct qcow2_image *img)
 }
 
 static int
-lock_cb (int fd, struct dbm_err *err)
-{
-  return qemu_lock_write (fd, "temporary file", err);
-}
-
-static int
 cmd_check (int argc, char **argv)
 {
   PARSE ("check", "repair", 1, "FILE [--repair]",
@@ -446,7 +440,7 @@ cmd_check (int argc, char **argv)
   }
   else {
     bool had_leaks = img->leaked_clusters, had_bit = img->autoclear_without_ext;
-    if (qcow2_commit (img, path, lock_cb, &err) == -1) {
+    if (qcow2_commit (img, path, qemu_lock_new_file, &err) == -1) {
       print_err (&err);
       qcow2_close (img);
       return 1;
@@ -594,7 +588,7 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
     return 1;
   }
   r = change (img, idx, arg);
-  if (r == 0 && qcow2_commit (img, path, lock_cb, &err) == -1) {
+  if (r == 0 && qcow2_commit (img, path, qemu_lock_new_file, &err) == -1) {
     print_err (&err);
     r = 1;
   }
