@@ -323,3 +323,43 @@ bitmap_memory (const struct bitmap *bm)
       n += BITMAP_LEAF_BYTES;
   return n;
 }
+
+struct bitmap *
+bitmap_new (uint64_t size, unsigned granularity_bits)
+{
+  struct bitmap *bm = calloc (1, sizeof *bm);
+
+  if (bm == NULL)
+    return NULL;
+  if (bitmap_init (bm, size, granularity_bits) == -1) {
+    int e = errno;
+    free (bm);
+    errno = e;
+    return NULL;
+  }
+  return bm;
+}
+
+void
+bitmap_delete (struct bitmap *bm)
+{
+  if (bm == NULL)
+    return;
+  bitmap_free (bm);
+  free (bm);
+}
+
+void
+bitmap_flag_range (struct bitmap *bm, uint64_t first, uint64_t last)
+{
+  uint64_t leaf;
+
+  if (bm->nbits == 0 || first >= bm->nbits)
+    return;
+  if (last >= bm->nbits)
+    last = bm->nbits - 1;
+  for (leaf = first / BITMAP_LEAF_BITS; leaf <= last / BITMAP_LEAF_BITS;
+       ++leaf)
+    if (bitmap_leaf_present (bm, leaf))
+      bitmap_set_changed (bm, leaf);
+}

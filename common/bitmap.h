@@ -35,6 +35,10 @@ extern int bitmap_init (struct bitmap *bm, uint64_t size,
                         unsigned granularity_bits);
 extern void bitmap_free (struct bitmap *bm);
 
+/* The same on the heap (NULL with errno set); bitmap_delete accepts NULL. */
+extern struct bitmap *bitmap_new (uint64_t size, unsigned granularity_bits);
+extern void bitmap_delete (struct bitmap *bm);
+
 /* Mark the disk byte range [offset, offset+count) dirty (clipped to the
  * disk).  Returns 1 if any bit flipped, 0 if all were already set, -1 with
  * errno = ENOMEM if a leaf could not be allocated (nothing forwarded must
@@ -102,10 +106,19 @@ bitmap_leaf_present (const struct bitmap *bm, uint64_t leaf)
 /* Atomically read and clear the "changed" flag of LEAF. */
 extern bool bitmap_take_changed (struct bitmap *bm, uint64_t leaf);
 
-/* Flag every present leaf as changed again (after a failed persist). */
+/* Flag LEAF as changed (again: after a failed persist). */
 extern void bitmap_set_changed (struct bitmap *bm, uint64_t leaf);
 
-/* OR every bit of SRC into DST (same nbits).  -1 with ENOMEM. */
+/* Flag every present leaf holding bits FIRST..LAST as changed, whether or
+ * not they flipped now: a marker that raced with a model replacement
+ * re-marks this way, since its bits may have flipped in the old copy.
+ */
+extern void bitmap_flag_range (struct bitmap *bm, uint64_t first,
+                               uint64_t last);
+
+/* OR every bit of SRC into DST; the sizes may differ (bits beyond DST's
+ * end are dropped).  -1 with ENOMEM.
+ */
 extern int bitmap_copy (struct bitmap *dst, const struct bitmap *src);
 
 /* Drop every bit (not safe against concurrent marking). */

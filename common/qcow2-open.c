@@ -744,12 +744,12 @@ load_data (struct qcow2_image *img, struct dbm_err *err)
     struct qcow2_bitmap *b = &img->bitmaps[i];
     uint64_t nbytes;
 
-    if (bitmap_init (&b->bits, b->size, b->granularity_bits) == -1)
+    if ((b->bits = bitmap_new (b->size, b->granularity_bits)) == NULL)
       return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
                          b->name);
     if (b->inconsistent)
       continue;
-    nbytes = bitmap_data_bytes (&b->bits);
+    nbytes = bitmap_data_bytes (b->bits);
     for (j = 0; j < b->bitmap_table_size; ++j) {
       uint64_t off = (uint64_t) j << img->cluster_bits;
       uint64_t e = b->table[j], len;
@@ -766,14 +766,14 @@ load_data (struct qcow2_image *img, struct dbm_err *err)
         return dbm_seterr (err, errno, "%s: bitmap '%s': read data cluster "
                            "at 0x%" PRIx64 ": %m", img->path, b->name,
                            e & QCOW2_OFFSET_MASK);
-      if (bitmap_import (&b->bits, off, buf, len) == -1)
+      if (bitmap_import (b->bits, off, buf, len) == -1)
         return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
                            b->name);
     }
     /* What was loaded is on disk already: not "changed". */
-    for (j = 0; j < b->bits.nleaves; ++j)
-      bitmap_take_changed (&b->bits, j);
-    atomic_store (&b->bits.any_changed, false);
+    for (j = 0; j < b->bits->nleaves; ++j)
+      bitmap_take_changed (b->bits, j);
+    atomic_store (&b->bits->any_changed, false);
   }
   return 0;
 }
@@ -929,12 +929,51 @@ qcow2_new (uint64_t size, unsigned cluster_bits, enum qcow2_layout layout,
   return img;
 }
 
+struct qcow2_image *
+qcow2_clone (const struct qcow2_image *img, struct dbm_err *err)
+{
+  struct qcow2_image *c = calloc (1, sizeof *c);
+  uint32_t i;
+
+  if (c == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  *c = *img;
+  c->fd = -1;
+  c->bitmaps = NULL;
+  c->nb_bitmaps = 0;
+  c->path = img->path ? strdup (img->path) : NULL;
+  c->bitmaps = calloc (img->nb_bitmaps + 1, sizeof *c->bitmaps);
+  if (c->bitmaps == NULL || (img->path && c->path == NULL))
+    goto nomem;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &c->bitmaps[i];
+    *b = img->bitmaps[i];
+    b->table = NULL;
+    b->name = strdup (img->bitmaps[i].name);
+    if (b->name == NULL) {
+      b->bits = NULL;
+      goto nomem;
+    }
+    c->nb_bitmaps++;
+  }
+  return c;
+
+ nomem:
+  for (i = 0; i < c->nb_bitmaps; ++i)
+    c->bitmaps[i].bits = NULL;
+  qcow2_close (c);
+  dbm_seterr (err, ENOMEM, "out of memory");
+  return NULL;
+}
+
 static void
 free_bitmap (struct qcow2_bitmap *b)
 {
   free (b->name);
   free (b->table);
-  bitmap_free (&b->bits);
+  bitmap_delete (b->bits);
 }
 
 void
@@ -1004,7 +1043,7 @@ qcow2_add_bitmap (struct qcow2_image *img, const char *name,
   memset (b, 0, sizeof *b);
   b->name = strdup (name);
   if (b->name == NULL ||
-      bitmap_init (&b->bits, size, granularity_bits) == -1) {
+      (b->bits = bitmap_new (size, granularity_bits)) == NULL) {
     free (b->name);
     return dbm_seterr (err, ENOMEM, "out of memory");
   }

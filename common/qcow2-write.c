@@ -229,20 +229,23 @@ write_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
     return dbm_seterr (err, errno, "write bitmap table of '%s': %m", b->name);
   if (b->inconsistent)
     return 0;
-  for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
+  /* Cleared before the scan, not after: a marker running concurrently
+   * (a checkpoint or growth while clients write) sets it again.
+   */
+  atomic_store (&b->bits->any_changed, false);
+  for (leaf = 0; leaf < b->bits->nleaves; ++leaf) {
     uint64_t boff = leaf * BITMAP_LEAF_BYTES;
-    uint64_t len = bitmap_data_bytes (&b->bits) - boff;
+    uint64_t len = bitmap_data_bytes (b->bits) - boff;
 
-    bitmap_take_changed (&b->bits, leaf);
-    if (!bitmap_leaf_present (&b->bits, leaf))
+    bitmap_take_changed (b->bits, leaf);
+    if (!bitmap_leaf_present (b->bits, leaf))
       continue;
     if (len > BITMAP_LEAF_BYTES)
       len = BITMAP_LEAF_BYTES;
-    bitmap_export (&b->bits, boff, buf, len);
+    bitmap_export (b->bits, boff, buf, len);
     if (qcow2_pwrite_full (fd, buf, len, data_offset + boff) == -1)
       return dbm_seterr (err, errno, "write data of bitmap '%s': %m", b->name);
   }
-  atomic_store (&b->bits.any_changed, false);
   return 0;
 }
 
@@ -371,22 +374,22 @@ qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
 {
   struct qcow2_bitmap *b = &img->bitmaps[i];
   unsigned char buf[BITMAP_LEAF_BYTES];
-  uint64_t leaf, nbytes = bitmap_data_bytes (&b->bits);
+  uint64_t leaf, nbytes = bitmap_data_bytes (b->bits);
 
-  if (!atomic_load (&b->bits.any_changed))
+  if (!atomic_load (&b->bits->any_changed))
     return 0;
   /* Cleared before the scan: a bit flipped during it sets it again. */
-  atomic_store (&b->bits.any_changed, false);
-  for (leaf = 0; leaf < b->bits.nleaves; ++leaf) {
+  atomic_store (&b->bits->any_changed, false);
+  for (leaf = 0; leaf < b->bits->nleaves; ++leaf) {
     uint64_t off = leaf * BITMAP_LEAF_BYTES;
     size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
       : BITMAP_LEAF_BYTES;
 
-    if (!bitmap_take_changed (&b->bits, leaf))
+    if (!bitmap_take_changed (b->bits, leaf))
       continue;
-    bitmap_export (&b->bits, off, buf, len);
+    bitmap_export (b->bits, off, buf, len);
     if (qcow2_write_data (img, i, off, buf, len, err) == -1) {
-      bitmap_set_changed (&b->bits, leaf);
+      bitmap_set_changed (b->bits, leaf);
       return -1;
     }
     if (wrote)

@@ -91,7 +91,11 @@ struct qcow2_bitmap {
    * 0 clear) the data is unknown; bits is still allocated but not loaded.
    */
   bool inconsistent;
-  struct bitmap bits;
+  /* On the heap, so that it stays put while the model's array of bitmaps
+   * is reallocated or the model is replaced under concurrent markers.
+   * NULL only in a model whose bitmaps were handed over elsewhere.
+   */
+  struct bitmap *bits;
 };
 
 struct qcow2_image {
@@ -169,6 +173,13 @@ extern struct qcow2_image *qcow2_new (uint64_t size, unsigned cluster_bits,
                                       struct dbm_err *err);
 
 extern void qcow2_close (struct qcow2_image *img);
+
+/* A copy of the model, not yet on disk (fd -1, no tables), whose bitmaps
+ * share IMG's bit storage: the caller decides which model owns it, and
+ * sets the other's bits pointers to NULL before closing it.
+ */
+extern struct qcow2_image *qcow2_clone (const struct qcow2_image *img,
+                                        struct dbm_err *err);
 
 extern int qcow2_find_bitmap (const struct qcow2_image *img,
                               const char *name);

@@ -6,38 +6,87 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
 #include "qemu-lock.h"
 #include "tracker.h"
+#include "tracker-internal.h"
 
 static void
 nolog (const char *fmt, ...)
 {
 }
 
-static void
-free_tracked (struct tracker *tr)
-{
-  size_t i;
+static struct track_set empty_set;
 
-  for (i = 0; i < tr->nt; ++i) {
-    free ((void *) tr->t[i].touched);
-    free ((void *) tr->t[i].armed);
+/* Append P to a growing array of pointers. */
+static int
+keep (void ***arr, size_t *n, void *p)
+{
+  void **a = realloc (*arr, (*n + 1) * sizeof *a);
+
+  if (a == NULL)
+    return -1;
+  a[(*n)++] = p;
+  *arr = a;
+  return 0;
+}
+
+int
+tracker_own_bitmaps (struct tracker *tr, struct qcow2_image *img,
+                     struct dbm_err *err)
+{
+  uint32_t i;
+  size_t j;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct bitmap *bm = img->bitmaps[i].bits;
+    for (j = 0; j < tr->nowned && tr->owned[j] != bm; ++j)
+      ;
+    if (bm && j == tr->nowned &&
+        keep ((void ***) &tr->owned, &tr->nowned, bm) == -1)
+      return dbm_seterr (err, ENOMEM, "out of memory");
   }
-  free (tr->t);
-  tr->t = NULL;
-  tr->nt = 0;
+  return 0;
+}
+
+void
+tracker_drop_model (struct qcow2_image *img)
+{
+  uint32_t i;
+
+  if (img == NULL)
+    return;
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    img->bitmaps[i].bits = NULL;
+  qcow2_close (img);
 }
 
 void
 tracker_free (struct tracker *tr)
 {
+  size_t i;
+
   if (tr == NULL)
     return;
-  free_tracked (tr);
-  qcow2_close (tr->img);
+  if (tr->nowned)
+    tracker_drop_model (tr->img);
+  else
+    qcow2_close (tr->img);
+  for (i = 0; i < tr->nowned; ++i)
+    bitmap_delete (tr->owned[i]);
+  free (tr->owned);
+  for (i = 0; i < tr->nstates; ++i) {
+    free ((void *) tr->states[i]->touched);
+    free ((void *) tr->states[i]->armed);
+    free (tr->states[i]);
+  }
+  free (tr->states);
+  for (i = 0; i < tr->nsets; ++i)
+    free (tr->sets[i]);
+  free (tr->sets);
   pthread_mutex_destroy (&tr->persist_lock);
   pthread_mutex_destroy (&tr->arm_lock);
   pthread_mutex_destroy (&tr->sync_lock);
@@ -45,55 +94,110 @@ tracker_free (struct tracker *tr)
   free (tr);
 }
 
-static bool
-is_tracked (const struct tracker *tr, const struct qcow2_bitmap *b)
+bool
+tracker_is_tracked (const struct tracker *tr, const struct qcow2_bitmap *b)
 {
   if (tr->img->layout == QCOW2_LAYOUT_DRAFT2015)
     return strcmp (b->name, tr->cfg.bitmap_name) == 0;
   return (b->flags & BME_FLAG_AUTO) != 0;
 }
 
+struct tracked_state *
+tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
+                   struct dbm_err *err)
+{
+  struct qcow2_bitmap *b = &img->bitmaps[idx];
+  struct tracked_state *st = calloc (1, sizeof *st);
+  uint64_t region_bits, words;
+
+  if (st == NULL || keep ((void ***) &tr->states, &tr->nstates, st) == -1) {
+    free (st);
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  st->idx = idx;
+  st->bits = b->bits;
+  /* A region is a whole number of 64-bit words of the bitmap, so that
+   * writing one region's bytes never touches a neighbour's.
+   */
+  region_bits = tr->cfg.region_size >> b->granularity_bits;
+  st->region_shift = 6;
+  while (st->region_shift < 40 &&
+         (UINT64_C (1) << (st->region_shift + 1)) <= region_bits)
+    st->region_shift++;
+  st->nregions = (b->bits->nbits >> st->region_shift) + 1;
+  words = (st->nregions + 63) / 64;
+  st->touched = calloc (words, sizeof (_Atomic uint64_t));
+  st->armed = calloc (words, sizeof (_Atomic uint64_t));
+  if (st->touched == NULL || st->armed == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  return st;
+}
+
+struct track_set *
+tracker_new_set (struct tracker *tr, struct tracked_state **states, size_t n,
+                 struct dbm_err *err)
+{
+  struct track_set *s = calloc (1, sizeof *s + (n + 1) * sizeof s->t[0]);
+  size_t i;
+
+  if (s == NULL || keep ((void ***) &tr->sets, &tr->nsets, s) == -1) {
+    free (s);
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  for (i = 0; i < n; ++i) {
+    struct tracked *t = &s->t[i];
+    struct tracked_state *st = states[i];
+    t->st = st;
+    t->granularity_bits = st->bits->granularity_bits;
+    t->nbits = st->bits->nbits;
+    t->leaves = st->bits->leaves;
+    t->region_shift = st->region_shift;
+    t->touched = st->touched;
+    t->armed = st->armed;
+  }
+  s->nt = n;
+  return s;
+}
+
+size_t
+tracker_ntracked (struct tracker *tr)
+{
+  return atomic_load (&tr->set)->nt;
+}
+
 /* Every tracked bitmap is marked at its own granularity; the others are
- * carried along untouched.
+ * carried along untouched.  Publishes a new set (the model was just
+ * committed, nobody marks yet).
  */
 static int
 setup_tracked (struct tracker *tr, struct dbm_err *err)
 {
   struct qcow2_image *img = tr->img;
+  CLEANUP_FREE struct tracked_state **states =
+    calloc (img->nb_bitmaps + 1, sizeof (struct tracked_state *));
+  struct track_set *s;
+  size_t n = 0;
   uint32_t i;
 
-  free_tracked (tr);
-  tr->t = calloc (img->nb_bitmaps + 1, sizeof *tr->t);
-  if (tr->t == NULL)
+  if (states == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
+  if (tracker_own_bitmaps (tr, img, err) == -1)
+    return -1;
   for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
-    struct tracked *t;
-    uint64_t region_bits, words;
-
-    if (!is_tracked (tr, b))
+    if (!tracker_is_tracked (tr, &img->bitmaps[i]))
       continue;
-    t = &tr->t[tr->nt++];
-    t->idx = i;
-    t->bits = &b->bits;
-    t->granularity_bits = b->granularity_bits;
-    t->nbits = b->bits.nbits;
-    t->leaves = b->bits.leaves;
-    /* A region is a whole number of 64-bit words of the bitmap, so that
-     * writing one region's bytes never touches a neighbour's.
-     */
-    region_bits = tr->cfg.region_size >> b->granularity_bits;
-    t->region_shift = 6;
-    while (t->region_shift < 40 &&
-           (UINT64_C (1) << (t->region_shift + 1)) <= region_bits)
-      t->region_shift++;
-    t->nregions = (t->bits->nbits >> t->region_shift) + 1;
-    words = (t->nregions + 63) / 64;
-    t->touched = calloc (words, sizeof (_Atomic uint64_t));
-    t->armed = calloc (words, sizeof (_Atomic uint64_t));
-    if (t->touched == NULL || t->armed == NULL)
-      return dbm_seterr (err, ENOMEM, "out of memory");
+    states[n] = tracker_new_state (tr, img, i, err);
+    if (states[n++] == NULL)
+      return -1;
   }
+  s = tracker_new_set (tr, states, n, err);
+  if (s == NULL)
+    return -1;
+  atomic_store (&tr->set, s);
   return 0;
 }
 
@@ -121,7 +225,7 @@ settle_in_use (struct qcow2_image *img, const char *only, bool refuse,
                          "inconsistent (the previous writer did not shut "
                          "down cleanly) and bitmap-in-use=refuse is set",
                          img->path, b->name);
-    if (bitmap_set_bits (&b->bits, 0, UINT64_MAX) == -1)
+    if (bitmap_set_bits (b->bits, 0, UINT64_MAX) == -1)
       return dbm_seterr (err, ENOMEM, "out of memory");
     b->inconsistent = false;
     b->flags &= ~BME_FLAG_IN_USE;
@@ -156,7 +260,7 @@ report_unclean (struct qcow2_image *img, const char *name,
     return;
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    const struct bitmap *bm = &b->bits;
+    const struct bitmap *bm = b->bits;
     uint64_t region_bits = img->dbm_region_size >> b->granularity_bits;
     uint64_t dirty = bitmap_count (bm), full = 0, r, bit;
 
@@ -234,10 +338,10 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    if (qcow2_bitmap_read_only (img, b) && is_tracked (tr, b))
+    if (qcow2_bitmap_read_only (img, b) && tracker_is_tracked (tr, b))
       return dbm_seterr (err, EPERM, "%s: bitmap '%s' is read_only",
                          tr->cfg.path, b->name);
-    if (tr->cfg.mode == TRACKER_QEMU && is_tracked (tr, b))
+    if (tr->cfg.mode == TRACKER_QEMU && tracker_is_tracked (tr, b))
       b->flags |= BME_FLAG_IN_USE;
   }
   img->dbm_state = DBM_STATE_RUNNING;
@@ -259,6 +363,17 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
   return setup_tracked (tr, err);
 }
 
+static bool
+any_enabled (const struct qcow2_image *img)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    if (qcow2_bitmap_enabled (img, &img->bitmaps[i]))
+      return true;
+  return false;
+}
+
 int
 tracker_open (const struct tracker_config *cfg, struct tracker **trp,
               struct dbm_err *err)
@@ -273,6 +388,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   if (tr == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
   tr->cfg = *cfg;
+  atomic_init (&tr->set, &empty_set);
   if (tr->cfg.log == NULL)
     tr->cfg.log = nolog;
   pthread_mutex_init (&tr->persist_lock, NULL);
@@ -348,6 +464,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   /* A draft bitmap is sized from the export: added in tracker_set_size. */
   if (tr->img->layout == QCOW2_LAYOUT_QEMU &&
       qcow2_find_bitmap (tr->img, cfg->bitmap_name) < 0 &&
+      !(cfg->bitmap_name_default && any_enabled (tr->img)) &&
       qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
                         BME_FLAG_AUTO, 0, err) == -1)
     goto fail;
@@ -382,11 +499,14 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
   bool created = false;
 
   if (have) {
-    if (have != want)
+    if (want < have)
       return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
-                         "up to %" PRIu64 ") does not match the size %" PRIu64
-                         " of bitmap '%s' in the file", tr->cfg.path, size,
-                         want, have, tr->cfg.bitmap_name);
+                         "up to %" PRIu64 ") is smaller than the size %" PRIu64
+                         " of bitmap '%s' in the file: shrinking is not "
+                         "supported", tr->cfg.path, size, want, have,
+                         tr->cfg.bitmap_name);
+    if (want > have)
+      return tracker_grow (tr, want, err);
     return 0;
   }
   if (tr->img == NULL) {
@@ -438,8 +558,8 @@ region_set (_Atomic uint64_t *a, uint64_t r)
  * or as its exact bits.  Caller holds arm_lock.
  */
 static int
-write_region (struct tracker *tr, struct tracked *t, uint64_t r, bool ones,
-              struct dbm_err *err)
+write_region (struct tracker *tr, struct tracked_state *t, uint64_t r,
+              bool ones, struct dbm_err *err)
 {
   uint64_t first = r << t->region_shift;
   uint64_t nbits = t->bits->nbits;
@@ -481,16 +601,19 @@ sync_upto (struct tracker *tr, uint64_t seq, struct dbm_err *err)
   return 0;
 }
 
-/* Slow path of a first write into region R: make it all-ones on disk. */
+/* Slow path of a first write into region R: make it all-ones on disk.
+ * A retired bitmap is final on disk: the caller's write lands in the set
+ * that replaced it (the caller re-marks there), so it is left alone.
+ */
 static int
-arm_region (struct tracker *tr, struct tracked *t, uint64_t r)
+arm_region (struct tracker *tr, struct tracked_state *t, uint64_t r)
 {
   struct dbm_err err;
   uint64_t seq;
 
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
-    if (region_test (t->armed, r))
+    if (region_test (t->armed, r) || atomic_load (&t->retired))
       return 0;
     if (write_region (tr, t, r, true, &err) == -1) {
       tr->cfg.log ("%s", err.msg);
@@ -512,13 +635,15 @@ arm_region (struct tracker *tr, struct tracked *t, uint64_t r)
 static int
 write_tracked_in_use (struct tracker *tr, bool in_use, struct dbm_err *err)
 {
+  struct track_set *s = atomic_load (&tr->set);
   size_t i;
 
-  for (i = 0; i < tr->nt; ++i) {
-    struct qcow2_bitmap *b = &tr->img->bitmaps[tr->t[i].idx];
+  for (i = 0; i < s->nt; ++i) {
+    int idx = s->t[i].st->idx;
+    struct qcow2_bitmap *b = &tr->img->bitmaps[idx];
     uint32_t f = in_use ? b->flags | BME_FLAG_IN_USE
       : b->flags & ~BME_FLAG_IN_USE;
-    if (qcow2_write_flags (tr->img, tr->t[i].idx, f, err) == -1)
+    if (qcow2_write_flags (tr->img, idx, f, err) == -1)
       return -1;
   }
   return qcow2_sync (tr->img, err);
@@ -544,16 +669,18 @@ reassert_in_use (struct tracker *tr)
   return 0;
 }
 
-/* The general path: set bits, and in crash-safe mode touch and arm every
- * region the range covers.
+/* Record the write in every bitmap of set S: set bits, and in crash-safe
+ * mode touch and arm every region the range covers.  FORCE flags the
+ * leaves changed even if no bit flips (see tracker_mark).
  */
-static int __attribute__ ((noinline))
-mark_slow (struct tracker *tr, uint64_t offset, uint64_t count)
+static int
+mark_set (struct tracker *tr, const struct track_set *s, uint64_t offset,
+          uint64_t count, bool force)
 {
   size_t i;
 
-  for (i = 0; i < tr->nt; ++i) {
-    struct tracked *t = &tr->t[i];
+  for (i = 0; i < s->nt; ++i) {
+    struct tracked_state *t = s->t[i].st;
     unsigned g = t->bits->granularity_bits;
     uint64_t first = offset >> g, last = (offset + count - 1) >> g, r, rl;
 
@@ -562,6 +689,8 @@ mark_slow (struct tracker *tr, uint64_t offset, uint64_t count)
      */
     if (bitmap_set_bits (t->bits, first, last) == -1)
       return -1;
+    if (force)
+      bitmap_flag_range (t->bits, first, last);
     if (tr->cfg.mode != TRACKER_CRASH_SAFE) {
       /* Pairs with tracker_quiesce: bits first, then the flag. */
       if (atomic_load (&tr->in_use_cleared) && reassert_in_use (tr) == -1)
@@ -583,14 +712,40 @@ mark_slow (struct tracker *tr, uint64_t offset, uint64_t count)
   return 0;
 }
 
+/* The general path.  After marking, the set is loaded again (seq_cst,
+ * after our bit stores): if a checkpoint or growth replaced it meanwhile,
+ * the new set may have been built without our bits, so mark there too.
+ * The replacer publishes before it reads the old bits, so either it saw
+ * our bits or we see its set.
+ */
+static int __attribute__ ((noinline))
+mark_slow (struct tracker *tr, const struct track_set *s, uint64_t offset,
+           uint64_t count)
+{
+  bool force = false;
+
+  for (;;) {
+    const struct track_set *now;
+
+    if (mark_set (tr, s, offset, count, force) == -1)
+      return -1;
+    now = atomic_load (&tr->set);
+    if (now == s)
+      return 0;
+    s = now;
+    force = true;
+  }
+}
+
 /* The steady state, as a leaf with loads only: every bit already set (in
  * one word), and in crash-safe mode the one region already touched and
  * armed.  The loads follow the order of mark_slow's stores and checks.
  */
 static inline bool
-mark_is_noop (const struct tracker *tr, uint64_t offset, uint64_t count)
+mark_is_noop (const struct tracker *tr, const struct track_set *s,
+              uint64_t offset, uint64_t count)
 {
-  const struct tracked *t = tr->t, *end = tr->t + tr->nt;
+  const struct tracked *t = s->t, *end = s->t + s->nt;
   bool crash_safe = tr->cfg.mode == TRACKER_CRASH_SAFE;
 
   if (atomic_load (&tr->in_use_cleared))
@@ -621,45 +776,69 @@ mark_is_noop (const struct tracker *tr, uint64_t offset, uint64_t count)
   return true;
 }
 
+/* A write already recorded in every bitmap of the current set needs no
+ * re-check: its bits were set before any replacement read them.
+ */
 int
 tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
 {
-  if (count == 0 || mark_is_noop (tr, offset, count))
+  const struct track_set *s = atomic_load (&tr->set);
+
+  if (count == 0 || mark_is_noop (tr, s, offset, count))
     return 0;
-  return mark_slow (tr, offset, count);
+  return mark_slow (tr, s, offset, count);
 }
 
 bool
 tracker_dirty (struct tracker *tr)
 {
+  const struct track_set *s = atomic_load (&tr->set);
   size_t i;
 
-  for (i = 0; i < tr->nt; ++i)
-    if (atomic_load (&tr->t[i].bits->any_changed))
+  for (i = 0; i < s->nt; ++i)
+    if (atomic_load (&s->t[i].st->bits->any_changed))
       return true;
   return false;
+}
+
+void
+tracker_reflag_model (struct qcow2_image *img)
+{
+  uint32_t i;
+  uint64_t leaf;
+
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    struct bitmap *bm = img->bitmaps[i].bits;
+    for (leaf = 0; bm && leaf < bm->nleaves; ++leaf)
+      if (bitmap_leaf_present (bm, leaf))
+        bitmap_set_changed (bm, leaf);
+  }
 }
 
 static void
 reflag_all (struct tracker *tr)
 {
+  const struct track_set *s = atomic_load (&tr->set);
   size_t i;
   uint64_t leaf;
 
-  for (i = 0; i < tr->nt; ++i)
-    for (leaf = 0; leaf < tr->t[i].bits->nleaves; ++leaf)
-      if (bitmap_leaf_present (tr->t[i].bits, leaf))
-        bitmap_set_changed (tr->t[i].bits, leaf);
+  for (i = 0; i < s->nt; ++i) {
+    struct bitmap *bm = s->t[i].st->bits;
+    for (leaf = 0; leaf < bm->nleaves; ++leaf)
+      if (bitmap_leaf_present (bm, leaf))
+        bitmap_set_changed (bm, leaf);
+  }
 }
 
 /* qemu mode: write every leaf changed since the last persist. */
 static int
 persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
 {
+  const struct track_set *s = atomic_load (&tr->set);
   size_t i;
 
-  for (i = 0; i < tr->nt; ++i)
-    if (qcow2_write_changed (tr->img, tr->t[i].idx, wrote, err) == -1)
+  for (i = 0; i < s->nt; ++i)
+    if (qcow2_write_changed (tr->img, s->t[i].st->idx, wrote, err) == -1)
       return -1;
   return 0;
 }
@@ -673,18 +852,19 @@ persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
 static int
 persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
 {
+  const struct track_set *s = atomic_load (&tr->set);
   size_t i;
   uint64_t w, k;
 
-  for (i = 0; i < tr->nt; ++i) {
-    struct tracked *t = &tr->t[i];
+  for (i = 0; i < s->nt; ++i) {
+    struct tracked_state *t = s->t[i].st;
     for (w = 0; w < (t->nregions + 63) / 64; ++w)
       atomic_exchange (&t->touched[w], 0);
   }
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
-  for (i = 0; i < tr->nt; ++i) {
-    struct tracked *t = &tr->t[i];
+  for (i = 0; i < s->nt; ++i) {
+    struct tracked_state *t = s->t[i].st;
 
     for (w = 0; w < (t->nregions + 63) / 64; ++w) {
       uint64_t cand = atomic_load (&t->armed[w]) & ~atomic_load (&t->touched[w]);
@@ -726,10 +906,12 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
 
   if (tr->img == NULL)
     return 0;
-  if (tr->cfg.mode == TRACKER_CRASH_SAFE)
-    return persist_regions (tr, &wrote, err);
-  if (persist_changed_leaves (tr, &wrote, err) == -1 ||
-      (wrote && qcow2_sync (tr->img, err) == -1)) {
+  if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
+    if (persist_regions (tr, &wrote, err) == -1)
+      return -1;
+  }
+  else if (persist_changed_leaves (tr, &wrote, err) == -1 ||
+           (wrote && qcow2_sync (tr->img, err) == -1)) {
     /* Leaves written in this persist may not be durable (after a failed
      * fdatasync the kernel may even have dropped them): flag every leaf
      * again, so no later flush can succeed without rewriting them.
@@ -737,6 +919,7 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
     reflag_all (tr);
     return -1;
   }
+  tr->last_persist = time (NULL);
   return 0;
 }
 

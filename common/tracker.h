@@ -35,6 +35,11 @@ struct tracker_config {
   const char *path;
   enum qcow2_layout layout;     /* the layout the user asked for */
   const char *bitmap_name;
+  /* bitmap_name is the default, not the user's choice: in QEMU's layout it
+   * is then added only to a file with no enabled bitmap, so that a restart
+   * after checkpoints goes on recording into the latest checkpoint's.
+   */
+  bool bitmap_name_default;
   unsigned granularity_bits;    /* for a bitmap we create */
   enum tracker_mode mode;
   enum tracker_in_use in_use_policy;
@@ -43,25 +48,47 @@ struct tracker_config {
   void (*log) (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 };
 
-struct tracked {
-  /* Copies of what the write path reads, in one cache line. */
-  unsigned granularity_bits;
+/* One tracked bitmap, shared by every set that tracks it. */
+struct tracked_state {
+  struct bitmap *bits;
+  int idx;                      /* in img->bitmaps; changed under all locks */
   unsigned region_shift;        /* log2 of bitmap bits per region */
-  uint64_t nbits;
-  _Atomic (_Atomic uint64_t *) *leaves;
+  uint64_t nregions;
   _Atomic uint64_t *touched;    /* regions written since the persist cut */
   _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
+  /* No longer tracked (a checkpoint disabled it, or growth replaced it):
+   * its bits on disk are final, so a late marker must not arm it.
+   */
+  _Atomic bool retired;
+};
 
-  int idx;                      /* index into img->bitmaps */
-  struct bitmap *bits;
-  uint64_t nregions;
+/* What the write path reads for one bitmap, copied into the set. */
+struct tracked {
+  unsigned granularity_bits;
+  unsigned region_shift;
+  uint64_t nbits;
+  _Atomic (_Atomic uint64_t *) *leaves;
+  _Atomic uint64_t *touched;
+  _Atomic uint64_t *armed;
+  struct tracked_state *st;
+};
+
+/* The bitmaps a write must be recorded in.  Immutable once published;
+ * replaced as a whole (checkpoint, growth), and kept until the tracker is
+ * freed, since a writer may still be reading an old one.  A writer that
+ * finds the set replaced after marking marks again in the new one: so
+ * every write lands in the bitmaps before a cut, after it, or both.
+ */
+struct track_set {
+  size_t nt;
+  struct tracked t[];
 };
 
 struct tracker {
   struct tracker_config cfg;
   struct qcow2_image *img;      /* NULL until the file exists */
-  struct tracked *t;
-  size_t nt;
+  _Atomic (struct track_set *) set;
+  /* Lock order: quiesce_lock, persist_lock, arm_lock, sync_lock. */
   pthread_mutex_t persist_lock; /* one persist at a time */
   pthread_mutex_t arm_lock;     /* region state changes on disk */
   pthread_mutex_t sync_lock;    /* group commit of arming writes */
@@ -72,7 +99,23 @@ struct tracker {
    */
   _Atomic bool in_use_cleared;
   pthread_mutex_t quiesce_lock;
+
+  /* Owned here and freed only by tracker_free, because writers may hold
+   * pointers to them after they stop being current.
+   */
+  struct track_set **sets;
+  size_t nsets;
+  struct tracked_state **states;
+  size_t nstates;
+  struct bitmap **owned;
+  size_t nowned;
+
+  uint64_t generation;          /* +1 at each checkpoint or growth */
+  int64_t last_persist;         /* time() of the last durable save, or 0 */
 };
+
+/* Number of bitmaps tracked now. */
+extern size_t tracker_ntracked (struct tracker *tr);
 
 /* Open (and validate) the file if it exists, take QEMU-compatible locks,
  * apply the in_use policy, add the named bitmap if absent, and rewrite the
@@ -86,8 +129,10 @@ struct tracker {
 extern int tracker_open (const struct tracker_config *cfg,
                          struct tracker **trp, struct dbm_err *err);
 
-/* The export size is known: create the file if needed, else check that it
- * matches the file's virtual size.
+/* The export size is known: create the file if needed.  A larger export
+ * than the file (the disk grew) grows the file and the bitmaps, the new
+ * area marked dirty, while other connections keep writing; a smaller one
+ * is refused.
  */
 extern int tracker_set_size (struct tracker *tr, uint64_t size,
                              struct dbm_err *err);
@@ -125,6 +170,23 @@ extern int tracker_close (struct tracker *tr, struct dbm_err *err);
 extern int tracker_recover_offline (const char *path,
                                     void (*log) (const char *fmt, ...),
                                     struct dbm_err *err);
+
+/* A checkpoint: an atomic cut without pausing writes.  From the cut on,
+ * writes are recorded in a new enabled bitmap NAME (granularity
+ * 1 << GRANULARITY_BITS); every bitmap enabled before it is disabled and
+ * saved exact, consistent and durable before this returns.  QEMU's layout
+ * only.
+ */
+extern int tracker_checkpoint (struct tracker *tr, const char *name,
+                               unsigned granularity_bits,
+                               struct dbm_err *err);
+
+/* Remove a disabled bitmap from the file (atomically). */
+extern int tracker_remove (struct tracker *tr, const char *name,
+                           struct dbm_err *err);
+
+/* One line of JSON describing the file and its bitmaps (malloc'd). */
+extern char *tracker_status_json (struct tracker *tr, struct dbm_err *err);
 
 /* Free without touching the file (startup failures, crash simulation). */
 extern void tracker_free (struct tracker *tr);

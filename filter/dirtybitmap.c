@@ -20,6 +20,7 @@
 #include <nbdkit-filter.h>
 
 #include "cleanup.h"
+#include "control.h"
 #include "parse-size.h"
 #include "tracker.h"
 
@@ -28,12 +29,14 @@ NBDKIT_DLL_PUBLIC int dirtybitmap_debug_verbose = 0;
 
 static char *bitmap_file;
 static const char *bitmap_name = "dirtybitmap";
+static bool bitmap_name_default = true;
 static unsigned granularity_bits = 16;
 static enum tracker_mode mode = TRACKER_CRASH_SAFE;
 static enum qcow2_layout layout = QCOW2_LAYOUT_QEMU;
 static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
 static uint64_t region_size = UINT64_C (64) << 20;
 static unsigned persist_interval = 30;
+static char *control_path;
 
 static struct tracker *tracker;
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -58,9 +61,11 @@ static void
 dirtybitmap_unload (void)
 {
   /* Never write here: unload also runs for --help and --dump-plugin. */
+  control_stop (false);
   tracker_free (tracker);
   tracker = NULL;
   free (bitmap_file);
+  free (control_path);
 }
 
 static int
@@ -86,6 +91,7 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     }
     bitmap_name = value;
+    bitmap_name_default = false;
     return 0;
   }
   if (strcmp (key, "bitmap-granularity") == 0) {
@@ -139,6 +145,15 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     region_size = UINT64_C (1) << bits;
     return 0;
   }
+  if (strcmp (key, "bitmap-control") == 0) {
+    if (*value == '\0') {
+      nbdkit_error ("bitmap-control: must not be empty");
+      return -1;
+    }
+    free (control_path);
+    control_path = nbdkit_absolute_path (value);
+    return control_path ? 0 : -1;
+  }
   if (strcmp (key, "bitmap-persist-interval") == 0) {
     r = nbdkit_parse_size (value);
     if (r < 1 || r > 86400) {
@@ -172,7 +187,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "bitmap-format=qemu|draft-2015 File layout (default qemu).\n" \
   "bitmap-in-use=dirty|refuse   A bitmap found in use (default dirty).\n" \
   "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write (64M).\n" \
-  "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30)."
+  "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30).\n" \
+  "bitmap-control=<SOCKET>   Unix socket for status/checkpoint/persist/remove."
 
 /* Open and validate in get_ready, while errors still reach the terminal
  * and before any client can connect.
@@ -182,6 +198,7 @@ dirtybitmap_get_ready (int thread_model)
 {
   struct tracker_config cfg = {
     .path = bitmap_file, .layout = layout, .bitmap_name = bitmap_name,
+    .bitmap_name_default = bitmap_name_default,
     .granularity_bits = granularity_bits, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
     .log = log_note,
@@ -192,9 +209,11 @@ dirtybitmap_get_ready (int thread_model)
     nbdkit_error ("%s", err.msg);
     return -1;
   }
+  if (control_path && control_open (control_path) == -1)
+    return -1;
   if (dirtybitmap_debug_verbose)
     nbdkit_debug ("dirtybitmap: %s opened, %zu bitmap(s) tracked, mode %s",
-                  bitmap_file, tracker->nt,
+                  bitmap_file, tracker_ntracked (tracker),
                   mode == TRACKER_QEMU ? "qemu" : "crash-safe");
   return 0;
 }
@@ -283,6 +302,57 @@ persist_loop (void *arg)
   return NULL;
 }
 
+/* One control command (see the man page, CONTROL SOCKET).  size_lock
+ * orders it with the first connection creating the file and with growth.
+ */
+static char *
+control_command (const char *line)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+  CLEANUP_FREE char *copy = strdup (line);
+  char *save = NULL, *cmd, *arg1, *arg2, *extra, *out = NULL;
+  struct dbm_err err = { .errnum = 0 };
+  unsigned g = granularity_bits;
+  int r = -1;
+
+  if (copy == NULL)
+    return NULL;
+  cmd = strtok_r (copy, " \t", &save);
+  arg1 = strtok_r (NULL, " \t", &save);
+  arg2 = strtok_r (NULL, " \t", &save);
+  extra = strtok_r (NULL, " \t", &save);
+  if (cmd == NULL)
+    dbm_seterr (&err, EINVAL, "empty command (status, checkpoint, persist, "
+                "remove)");
+  else if (strcmp (cmd, "status") == 0 && !arg1) {
+    out = tracker_status_json (tracker, &err);
+    if (out)
+      return out;
+  }
+  else if (strcmp (cmd, "persist") == 0 && !arg1)
+    r = tracker_persist (tracker, &err);
+  else if (strcmp (cmd, "checkpoint") == 0 && arg1 && !extra) {
+    if (strlen (arg1) > BME_MAX_NAME_SIZE)
+      dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..1023 bytes");
+    else if (arg2 == NULL ||
+             dbm_parse_pow2 ("granularity", arg2, 512, UINT64_C (1) << 31,
+                             &g, &err) == 0)
+      r = tracker_checkpoint (tracker, arg1, g, &err);
+  }
+  else if (strcmp (cmd, "remove") == 0 && arg1 && !arg2)
+    r = tracker_remove (tracker, arg1, &err);
+  else
+    dbm_seterr (&err, EINVAL, "usage: status | checkpoint NAME "
+                "[GRANULARITY] | persist | remove NAME");
+  if (r == 0)
+    return strdup ("ok");
+  if (err.errnum || err.msg[0])
+    nbdkit_error ("dirtybitmap: control: %s: %s", line, err.msg);
+  if (asprintf (&out, "error: %s", err.msg) == -1)
+    return NULL;
+  return out;
+}
+
 static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
@@ -299,7 +369,7 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     return -1;
   }
   persist_thread_running = true;
-  return 0;
+  return control_start (control_command);
 }
 
 static void
@@ -307,6 +377,7 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
 {
   struct dbm_err err;
 
+  control_stop (true);
   if (persist_thread_running) {
     while (write (quit_pipe[1], "s", 1) == -1 && errno == EINTR)
       ;

@@ -91,13 +91,16 @@ sum2=$(md5sum < corrupt.qcow2)
 bad_param "must be 1 (dirty tracking)" bitmap-file=$PWD/corrupt.qcow2
 [ "$(md5sum < corrupt.qcow2)" = "$sum2" ] || fail "failed start modified the corrupt file"
 
-# Size mismatch: refused per connection, both sizes named, file intact.
+# A smaller export (shrinking): refused per connection, both sizes named,
+# file intact.  (A larger one grows the file: tests/test-filter-grow.sh.)
+sum3=$(md5sum < good.qcow2)
 set +e
-"$NBDKIT" -U - --filter="$FILTER" memory 2G bitmap-file=$PWD/good.qcow2 \
+"$NBDKIT" -U - --filter="$FILTER" memory 512M bitmap-file=$PWD/good.qcow2 \
     --run 'nbdsh -u "$uri" -c "pass"' > out 2>&1
 set -e
-grep -q "export size 2147483648 (rounded up to 2147483648) does not match the size 1073741824 of bitmap 'dirtybitmap' in the file" out ||
+grep -q "export size 536870912 (rounded up to 536870912) is smaller than the size 1073741824 of bitmap 'dirtybitmap' in the file: shrinking is not supported" out ||
     { cat out; fail "size mismatch message"; }
+[ "$(md5sum < good.qcow2)" = "$sum3" ] || fail "refused shrink modified the file"
 $D check good.qcow2 >/dev/null
 
 # A bitmap-name absent from an existing file is added; others are kept.

@@ -44,9 +44,9 @@ test_round_trip (void)
   CHECK (qcow2_add_bitmap (img, "b0", 16, BME_FLAG_AUTO, 0, &err) == 0);
   CHECK (qcow2_add_bitmap (img, "fine", 9, 0, 0, &err) == 0);
   CHECK (qcow2_add_bitmap (img, "b0", 16, 0, 0, &err) == -1);     /* duplicate */
-  bitmap_mark (&img->bitmaps[0].bits, 0, 65536);
-  bitmap_mark (&img->bitmaps[0].bits, UINT64_C (5) << 30, 4096);
-  bitmap_mark (&img->bitmaps[1].bits, 1 << 20, 1000);
+  bitmap_mark (img->bitmaps[0].bits, 0, 65536);
+  bitmap_mark (img->bitmaps[0].bits, UINT64_C (5) << 30, 4096);
+  bitmap_mark (img->bitmaps[1].bits, 1 << 20, 1000);
   CHECK (qcow2_commit (img, path, NULL, &err) == 0);
 
   /* Golden fields (qcow2-bitmaps.md 1.2, 1.3). */
@@ -80,9 +80,9 @@ test_round_trip (void)
   CHECK_EQ (back->leaked_clusters, 0);
   CHECK_EQ (back->bitmaps[1].bitmap_table_size, 40);
   CHECK_EQ (back->bitmaps[0].flags, BME_FLAG_AUTO);
-  CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 2);
-  CHECK (bitmap_test (&back->bitmaps[0].bits, (UINT64_C (5) << 30) >> 16));
-  CHECK_EQ (bitmap_count (&back->bitmaps[1].bits), 2);  /* 1M..1M+1000 */
+  CHECK_EQ (bitmap_count (back->bitmaps[0].bits), 2);
+  CHECK (bitmap_test (back->bitmaps[0].bits, (UINT64_C (5) << 30) >> 16));
+  CHECK_EQ (bitmap_count (back->bitmaps[1].bits), 2);  /* 1M..1M+1000 */
 
   /* In place: flags and data. */
   CHECK (qcow2_write_flags (back, 0, BME_FLAG_AUTO | BME_FLAG_IN_USE, &err) == 0);
@@ -93,14 +93,14 @@ test_round_trip (void)
   if (back) {
     CHECK (back->bitmaps[0].inconsistent);
     CHECK (!back->bitmaps[1].inconsistent);
-    CHECK_EQ (bitmap_count (&back->bitmaps[1].bits), 11);
+    CHECK_EQ (bitmap_count (back->bitmaps[1].bits), 11);
     CHECK_EQ (back->leaked_clusters, 0);
     qcow2_close (back);
   }
   CHECK (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &back, &err) == 0);
   if (back) {
     CHECK (!back->bitmaps[0].inconsistent);
-    CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 2);
+    CHECK_EQ (bitmap_count (back->bitmaps[0].bits), 2);
     qcow2_close (back);
   }
   qcow2_close (img);
@@ -115,13 +115,13 @@ test_cluster_sizes (void)
   for (cb = 9; cb <= 21; cb += 3) {
     struct qcow2_image *img = qcow2_new (UINT64_C (3) << 30, cb, QCOW2_LAYOUT_QEMU, &err), *back;
     CHECK (img && qcow2_add_bitmap (img, "x", 12, BME_FLAG_AUTO, 0, &err) == 0);
-    bitmap_mark (&img->bitmaps[0].bits, 12345, 999999);
+    bitmap_mark (img->bitmaps[0].bits, 12345, 999999);
     CHECK (qcow2_commit (img, path, NULL, &err) == 0);
     CHECK (qcow2_open (path, 0, &back, &err) == 0);
     if (back) {
       CHECK_EQ (back->leaked_clusters, 0);
-      CHECK_EQ (bitmap_count (&back->bitmaps[0].bits),
-                bitmap_count (&img->bitmaps[0].bits));
+      CHECK_EQ (bitmap_count (back->bitmaps[0].bits),
+                bitmap_count (img->bitmaps[0].bits));
       qcow2_close (back);
     }
     else
@@ -146,7 +146,7 @@ test_draft_golden (void)
   CHECK (qcow2_add_bitmap (img, "b", 20, DRAFT_FLAG_SELF | DRAFT_FLAG_AUTO,
                            1000, &err) == 0);
   CHECK (qcow2_add_bitmap (img, "x", 16, DRAFT_FLAG_AUTO, 0, &err) == -1);
-  bitmap_mark (&img->bitmaps[0].bits, 65536 * 9, 1);      /* bit 9 */
+  bitmap_mark (img->bitmaps[0].bits, 65536 * 9, 1);      /* bit 9 */
   CHECK (qcow2_commit (img, path, NULL, &err) == 0);
   fd = open (path, O_RDONLY);
   CHECK (pread (fd, h, sizeof h, 0) == sizeof h);
@@ -187,8 +187,8 @@ test_draft_golden (void)
     CHECK_EQ (back->bitmaps[0].size, UINT64_C (10) << 30);
     CHECK_EQ (back->bitmaps[1].size, 1024);
     CHECK_EQ (back->bitmaps[1].granularity_bits, 20);
-    CHECK (bitmap_test (&back->bitmaps[0].bits, 9));
-    CHECK_EQ (bitmap_count (&back->bitmaps[0].bits), 1);
+    CHECK (bitmap_test (back->bitmaps[0].bits, 9));
+    CHECK_EQ (bitmap_count (back->bitmaps[0].bits), 1);
     CHECK (qcow2_bitmap_enabled (back, &back->bitmaps[1]));
     qcow2_close (back);
   }

@@ -63,7 +63,7 @@ check_superset (int upto, bool want_consistent)
   for (i = 0; i < upto; ++i) {
     uint64_t g;
     for (g = roff[i] >> 16; g <= (roff[i] + rlen[i] - 1) >> 16; ++g)
-      if (!bitmap_test (&img->bitmaps[0].bits, g)) {
+      if (!bitmap_test (img->bitmaps[0].bits, g)) {
         fprintf (stderr, "range %d (%" PRIu64 "+%" PRIu64 ") granule %" PRIu64
                  " not on disk\n", i, roff[i], rlen[i], g);
         CHECK (!"completed write missing from the file");
@@ -150,16 +150,16 @@ test_bound (void)
   CHECK (qcow2_open (path, 0, &img, &err) == 0);
   if (img) {
     /* region 0 exact, region 25 (4 MiB = 64 granules) all ones. */
-    CHECK_EQ (bitmap_count (&img->bitmaps[0].bits), 1 + 64);
-    CHECK (bitmap_test (&img->bitmaps[0].bits, 0));
+    CHECK_EQ (bitmap_count (img->bitmaps[0].bits), 1 + 64);
+    CHECK (bitmap_test (img->bitmaps[0].bits, 0));
     for (g = 1600; g < 1664; ++g)
-      CHECK (bitmap_test (&img->bitmaps[0].bits, g));
+      CHECK (bitmap_test (img->bitmaps[0].bits, g));
     qcow2_close (img);
   }
   CHECK (tracker_close (tr, &err) == 0);
   CHECK (qcow2_open (path, 0, &img, &err) == 0);
   if (img) {
-    CHECK_EQ (bitmap_count (&img->bitmaps[0].bits), 2);   /* exact */
+    CHECK_EQ (bitmap_count (img->bitmaps[0].bits), 2);   /* exact */
     qcow2_close (img);
   }
 }
@@ -183,8 +183,8 @@ test_qemu_mode (void)
   CHECK (!tracker_dirty (tr));
   CHECK (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &img, &err) == 0);
   if (img) {
-    CHECK (bitmap_test (&img->bitmaps[0].bits, 3));
-    CHECK_EQ (bitmap_count (&img->bitmaps[0].bits), 1);
+    CHECK (bitmap_test (img->bitmaps[0].bits, 3));
+    CHECK_EQ (bitmap_count (img->bitmaps[0].bits), 1);
     qcow2_close (img);
   }
   CHECK (tracker_close (tr, &err) == 0);
@@ -200,7 +200,7 @@ test_qemu_mode (void)
   tr = open_tracker (TRACKER_CRASH_SAFE);
   CHECK (qcow2_open (path, 0, &img, &err) == 0);
   if (img) {
-    CHECK_EQ (bitmap_count (&img->bitmaps[0].bits), img->bitmaps[0].bits.nbits);
+    CHECK_EQ (bitmap_count (img->bitmaps[0].bits), img->bitmaps[0].bits->nbits);
     qcow2_close (img);
   }
   CHECK (tracker_close (tr, &err) == 0);

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cleanup.h"
+#include "control-client.h"
 #include "parse-size.h"
 #include "qcow2.h"
 #include "qemu-lock.h"
@@ -43,6 +45,14 @@ usage_all (FILE *fp)
 "  disable FILE NAME\n"
 "  convert --to qemu|draft-2015 IN OUT [--bitmap NAME]\n"
 "  recover FILE                     after a crash, without nbdkit\n"
+"\n"
+"Talking to a running filter (nbdkit ... bitmap-control=SOCKET):\n"
+"  status SOCKET                    one JSON line: file, bitmaps, dirty bytes\n"
+"  checkpoint SOCKET NAME [--granularity SIZE]\n"
+"                                   new bitmap NAME from now on; the\n"
+"                                   enabled ones disabled and saved\n"
+"  persist SOCKET                   make the bitmaps durable now\n"
+"  remove SOCKET NAME               remove a disabled bitmap\n"
 "\n"
 "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
 "'%s COMMAND --help' describes one command.\n", prog, prog);
@@ -80,7 +90,7 @@ static uint64_t
 dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
 {
   uint64_t bit = 0, total = 0;
-  const struct bitmap *bm = &b->bits;
+  const struct bitmap *bm = b->bits;
 
   for (;;) {
     uint64_t s = bitmap_find (bm, bit, true), e, lo, hi;
@@ -341,9 +351,9 @@ cmd_map (int argc, char **argv)
     printf ("[");
   while (off < vsize) {
     uint64_t bit = off >> b->granularity_bits;
-    bool dirty = bitmap_test (&b->bits, bit);
-    uint64_t next = bitmap_find (&b->bits, bit, !dirty);
-    uint64_t end = next >= b->bits.nbits ? vsize : next << b->granularity_bits;
+    bool dirty = bitmap_test (b->bits, bit);
+    uint64_t next = bitmap_find (b->bits, bit, !dirty);
+    uint64_t end = next >= b->bits->nbits ? vsize : next << b->granularity_bits;
 
     if (end > vsize)
       end = vsize;
@@ -645,7 +655,7 @@ do_remove (struct qcow2_image *img, int idx, void *arg)
 static int
 do_clear (struct qcow2_image *img, int idx, void *arg)
 {
-  bitmap_clear (&img->bitmaps[idx].bits);
+  bitmap_clear (img->bitmaps[idx].bits);
   return 0;
 }
 
@@ -673,7 +683,7 @@ do_flags (struct qcow2_image *img, int idx, void *arg)
                  strcmp (cmdname, "remove") == 0);                      \
   }
 
-SIMPLE_EDIT (cmd_remove, "remove", do_remove,
+SIMPLE_EDIT (cmd_remove_file, "remove", do_remove,
              "Remove bitmap NAME (also allowed when it is inconsistent).\n")
 SIMPLE_EDIT (cmd_clear, "clear", do_clear, "Mark bitmap NAME all clean.\n")
 SIMPLE_EDIT (cmd_enable, "enable", do_flags,
@@ -765,7 +775,7 @@ cmd_convert (int argc, char **argv)
         == -1)
       goto fail_err;
     nb = &out->bitmaps[out->nb_bitmaps - 1];
-    if (bitmap_copy (&nb->bits, &b->bits) == -1) {
+    if (bitmap_copy (nb->bits, b->bits) == -1) {
       dbm_seterr (&err, ENOMEM, "out of memory");
       goto fail_err;
     }
@@ -813,11 +823,111 @@ cmd_recover (int argc, char **argv)
   return 0;
 }
 
+/* Send LINE to a running filter's control socket.  The reply is printed
+ * unless it is a bare "ok"; "error: ..." goes to stderr, exit 1.
+ */
+static int
+ask (const char *sock, const char *line)
+{
+  struct dbm_err err;
+  char *reply;
+  int r = 0;
+
+  if (control_request (sock, line, &reply, &err) == -1) {
+    print_err (&err);
+    return 1;
+  }
+  if (strncmp (reply, "error: ", 7) == 0) {
+    fprintf (stderr, "%s: %s\n", prog, reply + 7);
+    r = 1;
+  }
+  else if (strcmp (reply, "ok") != 0)
+    puts (reply);
+  free (reply);
+  return r;
+}
+
+/* Names travel as one word of a line. */
+static int
+check_word (const char *cmd, const char *name)
+{
+  if (*name == '\0' || strpbrk (name, " \t\r\n")) {
+    fprintf (stderr, "%s %s: NAME must be one word (no blanks) over the "
+             "control socket\n", prog, cmd);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmd_status (int argc, char **argv)
+{
+  PARSE ("status", "", 1, "SOCKET",
+         "Ask the filter serving the control SOCKET (bitmap-control=) for "
+         "one JSON line:\nfile, layout, mode, export_size, generation "
+         "(checkpoints and growths so\nfar), last_persist (Unix time), and "
+         "each bitmap's name, granularity,\nenabled, in_use, tracked and "
+         "dirty_bytes.\n");
+  return ask (argv[optind], "status");
+}
+
+static int
+cmd_checkpoint (int argc, char **argv)
+{
+  PARSE ("checkpoint", "granularity", 2, "SOCKET NAME [--granularity SIZE]",
+         "Atomic cut, without pausing writes: from now on writes are "
+         "recorded in a new\nenabled bitmap NAME (granularity SIZE, default "
+         "the filter's bitmap-granularity);\nevery bitmap enabled before is "
+         "disabled and saved, consistent and durable,\nbefore this "
+         "returns.  Back up from a disabled bitmap with 'map FILE OLD'.\n");
+  CLEANUP_FREE char *line = NULL;
+  const char *name = argv[optind + 1];
+
+  if (check_word ("checkpoint", name) == -1 ||
+      (o.gran && check_word ("checkpoint", o.gran) == -1))
+    return EXIT_USAGE;
+  if (asprintf (&line, "checkpoint %s%s%s", name, o.gran ? " " : "",
+                o.gran ? o.gran : "") == -1) {
+    fprintf (stderr, "%s: out of memory\n", prog);
+    return 1;
+  }
+  return ask (argv[optind], line);
+}
+
+static int
+cmd_persist (int argc, char **argv)
+{
+  PARSE ("persist", "", 1, "SOCKET",
+         "Make every bitmap of the filter serving SOCKET durable now.\n");
+  return ask (argv[optind], "persist");
+}
+
+/* remove FILE NAME edits a file; remove SOCKET NAME asks a running filter
+ * (the file is locked while it runs).
+ */
+static int
+cmd_remove (int argc, char **argv)
+{
+  CLEANUP_FREE char *line = NULL;
+
+  if (argc != 3 || !control_is_socket (argv[1]))
+    return cmd_remove_file (argc, argv);
+  if (check_word ("remove", argv[2]) == -1)
+    return EXIT_USAGE;
+  if (asprintf (&line, "remove %s", argv[2]) == -1) {
+    fprintf (stderr, "%s: out of memory\n", prog);
+    return 1;
+  }
+  return ask (argv[1], line);
+}
+
 static const struct cmd cmds[] = {
   { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
   { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
   { "clear", cmd_clear }, { "enable", cmd_enable }, { "disable", cmd_disable },
   { "convert", cmd_convert }, { "recover", cmd_recover },
+  { "status", cmd_status }, { "checkpoint", cmd_checkpoint },
+  { "persist", cmd_persist },
 };
 
 int

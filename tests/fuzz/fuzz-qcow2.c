@@ -36,7 +36,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     if (qcow2_open (path, flags, &img, &err) == -1)
       continue;
     for (i = 0; i < img->nb_bitmaps; ++i) {
-      const struct bitmap *bm = &img->bitmaps[i].bits;
+      const struct bitmap *bm = img->bitmaps[i].bits;
       uint64_t bit = bitmap_find (bm, 0, true);
       (void) bitmap_count (bm);
       if (bit < bm->nbits)

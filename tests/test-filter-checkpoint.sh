@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Checkpoints under load (both modes): 4 connections write continuously
+# while a checkpoint is taken every 200 ms.  Afterwards every write is
+# wholly in one bitmap between the checkpoints around it, and no bitmap
+# has a bit no such write explains (tests/checkpoint_oracle.py).  While
+# the server still runs, a disabled bitmap read by 'dirtybitmap map' and
+# by qemu-nbd -r (locking off, like -U) equals what the file holds after
+# shutdown.  Also: the control socket's protocol and errors.
+source "$srcdir/functions.sh"
+requires qemu-img --version
+requires qemu-nbd --version
+requires nbdinfo --version
+requires "$PYTHON" -c "import nbd"
+D=$DIRTYBITMAP
+O="$PYTHON $srcdir/checkpoint_oracle.py"
+
+for mode in crash-safe qemu; do
+    rm -f b.qcow2 ctl
+    start_nbdkit pid.$mode sock.$mode memory 16G bitmap-file=$PWD/b.qcow2 \
+        bitmap-control=$PWD/ctl bitmap-mode=$mode bitmap-persist-interval=1
+    [ "$(stat -c %a ctl)" = 600 ] || fail "control socket mode $(stat -c %a ctl)"
+    $O run "nbd+unix:///?socket=$PWD/sock.$mode" ctl log.$mode \
+        --seconds 5 --interval 200
+    ncp=$(grep -c '^C' log.$mode)
+    [ "$ncp" -ge 5 ] || fail "only $ncp checkpoints"
+
+    # Read while running: c2 is disabled and final.
+    map_ours b.qcow2 c2 > running.ours
+    map_qemu b.qcow2 c2 > running.qemu
+    $D status ctl > status.json
+    "$PYTHON" - "$ncp" <<'EOF' || fail "status JSON"
+import json, sys
+s = json.load(open("status.json"))
+n = int(sys.argv[1])
+names = [b["name"] for b in s["bitmaps"]]
+assert names == ["dirtybitmap"] + ["c%d" % i for i in range(1, n + 1)], names
+assert s["generation"] == n and s["export_size"] == 16 << 30, s
+enabled = [b["name"] for b in s["bitmaps"] if b["enabled"]]
+assert enabled == ["c%d" % n] and s["bitmaps"][-1]["tracked"], s
+assert all(not b["in_use"] for b in s["bitmaps"][:-1]), s
+assert all(b["granularity"] == 65536 for b in s["bitmaps"]), s
+EOF
+    kill_nbdkit "$(cat pid.$mode)"
+
+    qemu_check b.qcow2
+    mkdir -p maps.$mode
+    for name in dirtybitmap $(awk '$1 == "C" { print $4 }' log.$mode); do
+        map_ours b.qcow2 "$name" > maps.$mode/$name
+    done
+    $O check log.$mode 65536 dirtybitmap maps.$mode ||
+        fail "$mode: checkpoint coverage"
+    expect_map maps.$mode/c2 running.ours "$mode: c2 read while running (ours)"
+    expect_map maps.$mode/c2 running.qemu "$mode: c2 read while running (qemu-nbd)"
+    map_qemu b.qcow2 "c$ncp" > last.qemu
+    expect_map maps.$mode/c$ncp last.qemu "$mode: last bitmap via qemu-nbd"
+done
+
+# Restart after checkpoints: recording goes on into the latest one (the
+# default bitmap-name is not re-created next to it).
+start_nbdkit pid.r sock.r memory 16G bitmap-file=$PWD/b.qcow2 bitmap-control=$PWD/ctl
+nbdsh -u "nbd+unix:///?socket=$PWD/sock.r" -c 'h.pwrite(b"r" * 512, 5 << 20)'
+$D status ctl | grep -q "\"name\":\"c$ncp\",\"granularity\":65536,\"enabled\":true" ||
+    fail "restart: c$ncp not enabled"
+$D status ctl | grep -q '"name":"dirtybitmap","granularity":65536,"enabled":false' ||
+    fail "restart: dirtybitmap re-created or re-enabled"
+
+# Protocol: each error is one line, the socket survives misbehaving clients.
+$D checkpoint ctl c1 2> err && fail "duplicate name accepted"
+grep -q "bitmap 'c1' already exists" err || fail "duplicate: $(cat err)"
+$D checkpoint ctl g1 --granularity 3000 2> err && fail "bad granularity accepted"
+grep -q "granularity: 3000 is not a power of two" err || fail "granularity: $(cat err)"
+$D remove ctl "c$ncp" 2> err && fail "removed the enabled bitmap"
+grep -q "is recording writes" err || fail "remove enabled: $(cat err)"
+$D remove ctl nosuch 2> err && fail "removed a missing bitmap"
+grep -q "no bitmap named 'nosuch'" err || fail "remove missing: $(cat err)"
+"$PYTHON" - <<'EOF' || fail "protocol"
+import socket, time
+def conn():
+    s = socket.socket(socket.AF_UNIX); s.connect("ctl"); return s
+# Junk, an unknown command, two commands in one packet, CRLF.
+s = conn(); f = s.makefile("rb")
+s.sendall(b"\x00\xff junk\nstatus\r\npersist\n\nfrobnicate\n")
+r = [f.readline() for _ in range(5)]
+assert r[4].startswith(b"error: usage: status | checkpoint"), r
+assert r[0].startswith(b"error: the line contains a NUL byte"), r
+assert r[1].startswith(b'{"file":'), r
+assert r[2] == b"ok\n", r
+assert r[3].startswith(b"error: empty command"), r
+# A line that never ends is cut off; a client that vanishes mid-line.
+s2 = conn(); s2.sendall(b"x" * 5000); f2 = s2.makefile("rb")
+assert f2.readline().startswith(b"error: line longer"), "long line"
+s3 = conn(); s3.sendall(b"stat"); s3.close()
+# Still serving everyone.
+s4 = conn(); s4.sendall(b"status\n")
+assert s4.makefile("rb").readline().startswith(b'{"file":')
+EOF
+$D remove ctl c1 || fail "remove disabled c1"
+! $D status ctl | grep -q '"name":"c1"' || fail "c1 still listed"
+kill_nbdkit "$(cat pid.r)"
+[ ! -e ctl ] || fail "control socket left behind after shutdown"
+qemu_check b.qcow2
+covers <(map_ours b.qcow2 "c$ncp") $((5 << 20)) 512 || fail "restart write lost"
+
+# Refusals at start.
+: > notasocket
+"$NBDKIT" -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/n.qcow2 \
+    bitmap-control=$PWD/notasocket --run true 2> err && fail "accepted a regular file"
+grep -q "bitmap-control: $PWD/notasocket exists and is not a socket" err ||
+    fail "not a socket: $(cat err)"
+start_nbdkit pid.a sock.a memory 1M bitmap-file=$PWD/a.qcow2 bitmap-control=$PWD/ctl2
+"$NBDKIT" -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/n.qcow2 \
+    bitmap-control=$PWD/ctl2 --run true 2> err && fail "stole a live socket"
+grep -q "another process is serving this socket" err || fail "live: $(cat err)"
+kill -9 "$(cat pid.a)"; sleep 0.5
+[ -S ctl2 ] || fail "kill -9 should leave the socket"
+start_nbdkit pid.b sock.b memory 1M bitmap-file=$PWD/a.qcow2 bitmap-control=$PWD/ctl2
+$D status ctl2 > /dev/null || fail "stale socket not replaced"
+$D checkpoint ctl2 x 2> err && fail "checkpoint before any connection"
+grep -q "no client has connected yet" err || fail "before first connection: $(cat err)"
+echo OK
