@@ -205,12 +205,14 @@ dirtybitmap_get_ready (int thread_model)
   };
   struct dbm_err err;
 
-  if (tracker_open (&cfg, &tracker, &err) == -1) {
-    nbdkit_error ("%s", err.msg);
-    return -1;
-  }
+  /* The socket first: a start that fails must leave the file untouched. */
   if (control_path && control_open (control_path) == -1)
     return -1;
+  if (tracker_open (&cfg, &tracker, &err) == -1) {
+    nbdkit_error ("%s", err.msg);
+    control_stop (true);
+    return -1;
+  }
   if (dirtybitmap_debug_verbose)
     nbdkit_debug ("dirtybitmap: %s opened, %zu bitmap(s) tracked, mode %s",
                   bitmap_file, tracker_ntracked (tracker),

@@ -8,9 +8,24 @@ requires qemu-img --version
 D=$DIRTYBITMAP
 
 $D --help | grep -q "Commands:" || fail "--help"
-for c in info map check create add remove clear enable disable; do
+for c in info map check create add remove clear enable disable convert \
+         recover status checkpoint persist; do
     $D $c --help | grep -q "^Usage: dirtybitmap $c" || fail "$c --help"
 done
+
+# Control-socket commands without a server: exit 1, the cause named;
+# a name that cannot travel as one word: usage error (2).
+set +e
+$D status $PWD/nosuch.ctl 2> err; rc=$?
+set -e
+[ $rc = 1 ] || fail "status without a server: exit $rc"
+grep -q "nosuch.ctl: connect: No such file or directory (is nbdkit running with bitmap-control=" err ||
+    fail "status without a server: $(cat err)"
+set +e
+$D checkpoint $PWD/nosuch.ctl "two words" 2> err; rc=$?
+set -e
+[ $rc = 2 ] || fail "checkpoint 'two words': exit $rc"
+grep -q "NAME must be one word" err || fail "checkpoint blank name: $(cat err)"
 
 $D create a.qcow2 --size 10G --granularity 4K --name first
 qemu_check a.qcow2

@@ -111,6 +111,11 @@ start_nbdkit pid.a sock.a memory 1M bitmap-file=$PWD/a.qcow2 bitmap-control=$PWD
 "$NBDKIT" -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/n.qcow2 \
     bitmap-control=$PWD/ctl2 --run true 2> err && fail "stole a live socket"
 grep -q "another process is serving this socket" err || fail "live: $(cat err)"
+# ... and a refused start leaves an existing bitmap file untouched.
+cp b.qcow2 keep.qcow2; sum=$(md5sum < keep.qcow2)
+"$NBDKIT" -U - --filter="$FILTER" memory 16G bitmap-file=$PWD/keep.qcow2 \
+    bitmap-control=$PWD/ctl2 bitmap-mode=qemu --run true 2> err && fail "stole a live socket"
+[ "$(md5sum < keep.qcow2)" = "$sum" ] || fail "failed start modified the file"
 kill -9 "$(cat pid.a)"; sleep 0.5
 [ -S ctl2 ] || fail "kill -9 should leave the socket"
 start_nbdkit pid.b sock.b memory 1M bitmap-file=$PWD/a.qcow2 bitmap-control=$PWD/ctl2

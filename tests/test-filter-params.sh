@@ -23,6 +23,10 @@ bad_param () {
 
 bad_param "the bitmap-file parameter is required"
 bad_param "bitmap-file: must not be empty" bitmap-file=
+bad_param "bitmap-control: must not be empty" bitmap-file=$PWD/c.qcow2 bitmap-control=
+long=$PWD/$(printf 'x%.0s' $(seq 1 110))
+bad_param "bitmap-control: $long: path longer than 107 bytes" \
+    bitmap-file=$PWD/c.qcow2 bitmap-control=$long
 bad_param "bitmap-granularity: 3000 is not a power of two" \
     bitmap-file=$PWD/good.qcow2 bitmap-granularity=3000
 bad_param "bitmap-granularity: 256 is outside 512..2147483648" \
