@@ -1,5 +1,6 @@
 #include <config.h>
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -374,6 +375,44 @@ any_enabled (const struct qcow2_image *img)
   return false;
 }
 
+/* A writer killed inside a rewrite (qcow2_commit) leaves its temporary
+ * file PATH.tmpXXXXXX behind.  We hold the write lock on PATH, and every
+ * rewriter takes it first, so any such file is dead: remove it.
+ */
+static void
+remove_stale_temporaries (const char *path, void (*log) (const char *fmt, ...))
+{
+  CLEANUP_FREE char *real = realpath (path, NULL);
+  CLEANUP_FREE char *dcopy = NULL, *bcopy = NULL;
+  const char *dir, *base;
+  size_t blen;
+  DIR *d;
+  struct dirent *e;
+
+  if (real == NULL || (dcopy = strdup (real)) == NULL ||
+      (bcopy = strdup (real)) == NULL)
+    return;
+  dir = dirname (dcopy);
+  base = basename (bcopy);
+  blen = strlen (base);
+  d = opendir (dir);
+  if (d == NULL)
+    return;
+  while ((e = readdir (d)) != NULL) {
+    CLEANUP_FREE char *full = NULL;
+    if (strlen (e->d_name) != blen + 10 ||
+        strncmp (e->d_name, base, blen) != 0 ||
+        strncmp (e->d_name + blen, ".tmp", 4) != 0)
+      continue;
+    if (asprintf (&full, "%s/%s", dir, e->d_name) == -1)
+      break;
+    if (unlink (full) == 0)
+      log ("%s: removed %s, left by a writer killed while rewriting the "
+           "file", path, full);
+  }
+  closedir (d);
+}
+
 int
 tracker_open (const struct tracker_config *cfg, struct tracker **trp,
               struct dbm_err *err)
@@ -444,6 +483,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   }
   if (qemu_lock_write (tr->img->fd, tr->cfg.path, err) == -1)
     goto fail;
+  remove_stale_temporaries (cfg->path, tr->cfg.log);
   if (tr->img->ext_inconsistent && tr->cfg.in_use_policy == IN_USE_REFUSE) {
     dbm_seterr (err, EINVAL, "%s: autoclear bit 0 is clear: every bitmap is "
                 "inconsistent", tr->cfg.path);

@@ -54,7 +54,7 @@ control_open (const char *path)
                   sizeof addr.sun_path - 1);
     return -1;
   }
-  strcpy (addr.sun_path, path);
+  memcpy (addr.sun_path, path, strlen (path) + 1);
   if (lstat (path, &st) == 0) {
     if (!S_ISSOCK (st.st_mode)) {
       nbdkit_error ("bitmap-control: %s exists and is not a socket", path);

@@ -11,7 +11,10 @@ Per trial:
   * every dirty region (bitmap-region bytes) intersects a write that was
     at least sent (the documented over-approximation bound).
 Also kills during the very first start (file being created) and during
-the restart that rewrites the file.
+the restart that rewrites the file.  Unless --no-checkpoints, a thread
+takes checkpoints (control socket) at random moments while the writers
+run, so kills also land inside checkpoints; the checks then apply to the
+union of all bitmaps, and a restart must leave no temporary file behind.
 
   crash_harness.py --trials N --workdir DIR
 Environment: NBDKIT, FILTER, DIRTYBITMAP.
@@ -45,7 +48,9 @@ def start(workdir, disk, bm, extra=()):
     subprocess.run([NBDKIT, "-P", pidf, "-U", sock, "--filter=" + FILTER,
                     "file", disk, "bitmap-file=" + bm,
                     "bitmap-region=%d" % REGION,
-                    "bitmap-persist-interval=1", *extra], check=True,
+                    "bitmap-persist-interval=1",
+                    "bitmap-control=" + os.path.join(workdir, "ctl"), *extra],
+                   check=True,
                    stderr=subprocess.DEVNULL)
     for _ in range(200):
         if os.path.exists(pidf) and os.path.getsize(pidf) and os.path.exists(sock):
@@ -55,9 +60,38 @@ def start(workdir, disk, bm, extra=()):
 
 
 def dirty_map(bm):
-    out = subprocess.run([CLI, "map", bm, "dirtybitmap", "--json"],
-                         check=True, capture_output=True, text=True).stdout
-    return [(e["offset"], e["length"]) for e in json.loads(out) if e["dirty"]]
+    """Dirty extents of the union of every bitmap in the file."""
+    info = json.loads(subprocess.run([CLI, "info", bm, "--json"], check=True,
+                                     capture_output=True, text=True).stdout)
+    ext = []
+    for b in info["bitmaps"]:
+        out = subprocess.run([CLI, "map", bm, b["name"], "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        ext += [(e["offset"], e["length"]) for e in json.loads(out)
+                if e["dirty"]]
+    return ext
+
+
+CHECKPOINTS = True
+_ck = [0]
+_ck_ok = [0]
+
+
+def checkpointer(workdir, seed, stop):
+    import socket
+    rng = random.Random(seed)
+    while not stop.wait(rng.uniform(0.05, 0.4)):
+        _ck[0] += 1
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(os.path.join(workdir, "ctl"))
+            s.sendall(b"checkpoint c%d\n" % _ck[0])
+            if s.makefile().readline().strip() == "ok":
+                _ck_ok[0] += 1
+            s.close()
+        except OSError:
+            pass        # the server is being killed
 
 
 def is_dirty(ext, off, n):
@@ -89,6 +123,10 @@ def start_writers(uri, rng, sent, acked, n):
     ths = [threading.Thread(target=writer,
                             args=(uri, rng.random(), sent, acked, stop))
            for _ in range(n)]
+    if CHECKPOINTS:
+        workdir = os.path.dirname(uri.split("socket=")[1])
+        ths.append(threading.Thread(target=checkpointer,
+                                    args=(workdir, rng.random(), stop)))
     for th in ths:
         th.start()
     return stop, ths
@@ -164,6 +202,9 @@ def trial(workdir, rng, t):
         stop, ths = start_writers(uri, rng, sent, acked, 3)
         time.sleep(rng.uniform(0.05, 1.5))
         os.kill(pid, signal.SIGKILL)
+        # Dying takes a moment (a thread may be inside fdatasync); its
+        # locks go with it, and qemu-img check needs them gone.
+        wait_exit(pid)
         stop.set()
         for th in ths:
             th.join()
@@ -181,6 +222,10 @@ def trial(workdir, rng, t):
     os.kill(pid, signal.SIGTERM)
     wait_exit(pid)
     problems = verify(bm, disk, sent, acked)
+    left = [f for f in os.listdir(workdir)
+            if f.startswith(os.path.basename(bm) + ".tmp")]
+    if left:
+        problems.append("temporary files left after a restart: %s" % left)
     for f in (disk, bm):
         os.unlink(f)
     return problems
@@ -199,10 +244,15 @@ def soak(workdir, rng, seconds):
     while time.time() < end:
         rounds += 1
         pid, uri = start(workdir, disk, bm)
+        left = [f for f in os.listdir(workdir) if f.startswith("soak.qcow2.tmp")]
+        if left:
+            violations += 1
+            print("round %d: temporary files left: %s" % (rounds, left))
         stop, ths = start_writers(uri, rng, sent, acked, 4)
         time.sleep(rng.uniform(0.5, 5))
         if rng.random() < 0.8:
             os.kill(pid, signal.SIGKILL)
+            wait_exit(pid)
             kills += 1
             stop.set()
         else:
@@ -225,8 +275,9 @@ def soak(workdir, rng, seconds):
             violations += 1
             print("round %d: VIOLATION: %s" % (rounds, "; ".join(problems[:3])))
     print("soak: %d s, %d rounds (%d kill -9, %d clean restarts), %d writes "
-          "acknowledged, %d violations" % (seconds, rounds, kills,
-                                           rounds - kills, nacked, violations))
+          "acknowledged, %d checkpoints, %d violations"
+          % (seconds, rounds, kills, rounds - kills, nacked, _ck_ok[0],
+             violations))
     return violations
 
 
@@ -236,7 +287,10 @@ def main():
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--no-checkpoints", action="store_true")
     a = ap.parse_args()
+    global CHECKPOINTS
+    CHECKPOINTS = not a.no_checkpoints
     rng = random.Random(a.seed)
     if a.soak_seconds:
         sys.exit(1 if soak(a.workdir, rng, a.soak_seconds) else 0)
@@ -246,8 +300,9 @@ def main():
         if problems:
             violations += 1
             print("trial %d: VIOLATION: %s" % (t, "; ".join(problems[:3])))
-    print("crash harness: seed %d, %d trials (%d kills), %d violations"
-          % (a.seed, a.trials, a.trials * 2, violations))
+    print("crash harness: seed %d, %d trials (%d kills), %d checkpoints, "
+          "%d violations" % (a.seed, a.trials, a.trials * 2, _ck_ok[0],
+                             violations))
     sys.exit(1 if violations else 0)
 
 

@@ -57,7 +57,10 @@ done
 
 # Restart after checkpoints: recording goes on into the latest one (the
 # default bitmap-name is not re-created next to it).
+# A temporary file left by a writer killed inside a rewrite is removed.
+echo junk > b.qcow2.tmpAbC123
 start_nbdkit pid.r sock.r memory 16G bitmap-file=$PWD/b.qcow2 bitmap-control=$PWD/ctl
+[ ! -e b.qcow2.tmpAbC123 ] || fail "stale temporary file not removed"
 nbdsh -u "nbd+unix:///?socket=$PWD/sock.r" -c 'h.pwrite(b"r" * 512, 5 << 20)'
 $D status ctl | grep -q "\"name\":\"c$ncp\",\"granularity\":65536,\"enabled\":true" ||
     fail "restart: c$ncp not enabled"

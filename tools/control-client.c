@@ -36,7 +36,7 @@ control_request (const char *path, const char *line, char **reply,
   *reply = NULL;
   if (strlen (path) >= sizeof addr.sun_path)
     return dbm_seterr (err, ENAMETOOLONG, "%s: socket path too long", path);
-  strcpy (addr.sun_path, path);
+  memcpy (addr.sun_path, path, strlen (path) + 1);
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd == -1)
     return dbm_seterr (err, errno, "socket: %m");
