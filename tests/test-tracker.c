@@ -8,6 +8,7 @@
 #include <config.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,7 +28,7 @@ static struct tracker *tr;
 static atomic_bool stop;
 
 static struct tracker *
-open_tracker (enum tracker_mode mode)
+open_tracker_sized (enum tracker_mode mode, uint64_t size)
 {
   struct tracker_config cfg = {
     .path = path, .layout = QCOW2_LAYOUT_QEMU, .bitmap_name = "b", .granularity_bits = 16, .mode = mode,
@@ -37,11 +38,17 @@ open_tracker (enum tracker_mode mode)
   struct tracker *t;
 
   if (tracker_open (&cfg, &t, &err) == -1 ||
-      tracker_set_size (t, SIZE, &err) == -1) {
+      tracker_set_size (t, size, &err) == -1) {
     fprintf (stderr, "tracker: %s\n", err.msg);
     exit (1);
   }
   return t;
+}
+
+static struct tracker *
+open_tracker (enum tracker_mode mode)
+{
+  return open_tracker_sized (mode, SIZE);
 }
 
 /* Every completed range must be dirty in the file as it is now. */
@@ -86,7 +93,7 @@ marker (void *arg)
      * ndone counts a prefix of completed marks.
      */
     while (atomic_load (&ndone) != i)
-      ;
+      sched_yield ();           /* 2 cores, 3 markers: let the turn come */
     atomic_store (&ndone, i + 1);
   }
   return NULL;
@@ -206,6 +213,111 @@ test_qemu_mode (void)
   CHECK (tracker_close (tr, &err) == 0);
 }
 
+/* Checkpoints and a growth while 3 threads mark: each mark must be wholly
+ * in one bitmap B_j with a <= j <= b (a: checkpoints finished before it
+ * began, b: checkpoints begun before it ended), as the file shows after a
+ * clean close; a removed disabled bitmap is gone and the file stays valid.
+ */
+#define NCK 40
+static _Atomic int ck_started, ck_done;
+static int ra[NRANGES], rb[NRANGES];
+
+static void *
+ck_marker (void *arg)
+{
+  for (;;) {
+    int i = atomic_fetch_add (&nclaim, 1);
+    if (i >= NRANGES)
+      break;
+    ra[i] = atomic_load (&ck_done);
+    CHECK (tracker_mark (tr, roff[i], rlen[i]) == 0);
+    rb[i] = atomic_load (&ck_started);
+  }
+  return NULL;
+}
+
+static void *
+checkpointer (void *arg)
+{
+  struct dbm_err err;
+  char name[16];
+  int k;
+
+  for (k = 1; k <= NCK; ++k) {
+    snprintf (name, sizeof name, "c%d", k);
+    atomic_fetch_add (&ck_started, 1);
+    if (tracker_checkpoint (tr, name, 16, &err) == -1) {
+      fprintf (stderr, "checkpoint: %s\n", err.msg);
+      CHECK (!"checkpoint failed");
+    }
+    atomic_fetch_add (&ck_done, 1);
+    if (k == NCK / 2)
+      CHECK (tracker_set_size (tr, 2 * SIZE, &err) == 0);       /* grow */
+    usleep (500);
+  }
+  return NULL;
+}
+
+static void
+test_checkpoints (enum tracker_mode mode)
+{
+  pthread_t m[3], c;
+  struct qcow2_image *img;
+  struct dbm_err err;
+  int i, k, bad = 0;
+
+  unlink (path);
+  atomic_store (&nclaim, 0);
+  atomic_store (&ck_started, 0);
+  atomic_store (&ck_done, 0);
+  tr = open_tracker (mode);
+  pthread_create (&c, NULL, checkpointer, NULL);
+  for (k = 0; k < 3; ++k)
+    pthread_create (&m[k], NULL, ck_marker, NULL);
+  for (k = 0; k < 3; ++k)
+    pthread_join (m[k], NULL);
+  pthread_join (c, NULL);
+  CHECK_EQ (tracker_size (tr), 2 * SIZE);
+  CHECK (tracker_close (tr, &err) == 0);
+
+  CHECK (qcow2_open (path, 0, &img, &err) == 0);
+  CHECK_EQ (img->nb_bitmaps, NCK + 1);
+  CHECK_EQ (img->leaked_clusters, 0);
+  for (i = 0; i < NRANGES; ++i) {
+    uint64_t first = roff[i] >> 16, last = (roff[i] + rlen[i] - 1) >> 16, g;
+    bool found = false;
+    int j;
+    for (j = ra[i]; j <= rb[i] && !found; ++j) {
+      const struct bitmap *bm = img->bitmaps[j].bits;
+      for (g = first; g <= last && bitmap_test (bm, g); ++g)
+        ;
+      found = g > last;
+    }
+    if (!found && bad++ < 5)
+      fprintf (stderr, "mode %d: range %d in no bitmap %d..%d\n", mode, i,
+               ra[i], rb[i]);
+  }
+  CHECK_EQ (bad, 0);
+  /* The grown half is dirty in every bitmap that existed at the growth. */
+  for (k = 0; k <= NCK / 2; ++k)
+    CHECK (bitmap_find (img->bitmaps[k].bits, SIZE >> 16, false) ==
+           img->bitmaps[k].bits->nbits);
+  qcow2_close (img);
+
+  /* Remove a disabled bitmap; the enabled one is refused. */
+  tr = open_tracker_sized (mode, 2 * SIZE);
+  CHECK (tracker_remove (tr, "c1", &err) == 0);
+  CHECK (tracker_remove (tr, "c40", &err) == -1);
+  CHECK (strstr (err.msg, "is recording writes") != NULL);
+  CHECK (tracker_checkpoint (tr, "c2", 16, &err) == -1);
+  CHECK (strstr (err.msg, "already exists") != NULL);
+  CHECK (tracker_close (tr, &err) == 0);
+  CHECK (qcow2_open (path, 0, &img, &err) == 0);
+  CHECK_EQ (img->nb_bitmaps, NCK);
+  CHECK (qcow2_find_bitmap (img, "c1") < 0);
+  qcow2_close (img);
+}
+
 int
 main (void)
 {
@@ -215,6 +327,8 @@ main (void)
   test_crash_safe_concurrent ();
   test_bound ();
   test_qemu_mode ();
+  test_checkpoints (TRACKER_CRASH_SAFE);
+  test_checkpoints (TRACKER_QEMU);
   unlink (path);
   rmdir (dir);
   TEST_DONE ();
