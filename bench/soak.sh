@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Soak: one disk and one bitmap file (crash-safe mode, file plugin) for
 # SECONDS (default 1800): 4 connections of random writes with periodic
-# flushes, nbdkit killed with SIGKILL (80%) or stopped cleanly (20%) every
+# flushes, a checkpoint every 0.05-0.4 s over the control socket, nbdkit
+# killed with SIGKILL (80%) or stopped cleanly (20%) every
 # 0.5-5 s and restarted; after every round the bitmap must cover every
-# granule holding data and every acknowledged write, and qemu-img check
+# granule holding data and every acknowledged write (in the union of all
+# bitmaps), no temporary file is left behind, and qemu-img check
 # must be clean.  Prints rounds, kills and violations.
 #   bench/soak.sh [SECONDS]
 set -euo pipefail
