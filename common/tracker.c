@@ -157,8 +157,7 @@ tracker_new_set (struct tracker *tr, struct tracked_state **states, size_t n,
     t->nbits = st->bits->nbits;
     t->leaves = st->bits->leaves;
     t->region_shift = st->region_shift;
-    t->touched = st->touched;
-    t->armed = st->armed;
+    t->armed = tr->cfg.mode == TRACKER_CRASH_SAFE ? st->armed : NULL;
   }
   s->nt = n;
   return s;
@@ -777,42 +776,18 @@ mark_slow (struct tracker *tr, const struct track_set *s, uint64_t offset,
   }
 }
 
-/* The steady state, as a leaf with loads only: every bit already set (in
- * one word), and in crash-safe mode the one region already touched and
- * armed.  The loads follow the order of mark_slow's stores and checks.
- */
-static inline bool
+/* Every bitmap of S needs nothing for this write. */
+static bool
 mark_is_noop (const struct tracker *tr, const struct track_set *s,
               uint64_t offset, uint64_t count)
 {
-  const struct tracked *t = s->t, *end = s->t + s->nt;
-  bool crash_safe = tr->cfg.mode == TRACKER_CRASH_SAFE;
+  size_t i;
 
   if (atomic_load (&tr->in_use_cleared))
     return false;
-
-  for (; t < end; ++t) {
-    uint64_t first = offset >> t->granularity_bits;
-    uint64_t last = (offset + count - 1) >> t->granularity_bits;
-    _Atomic uint64_t *words;
-    uint64_t mask, r;
-
-    if (((first ^ last) >> 6) != 0 || last >= t->nbits)
+  for (i = 0; i < s->nt; ++i)
+    if (!tracked_is_noop (&s->t[i], offset, count))
       return false;
-    words = atomic_load (&t->leaves[first / BITMAP_LEAF_BITS]);
-    if (words == NULL)
-      return false;
-    mask = (~UINT64_C (0) >> (63 - (last & 63))) & (~UINT64_C (0) << (first & 63));
-    if ((atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) != mask)
-      return false;
-    if (!crash_safe)
-      continue;
-    r = first >> t->region_shift;
-    if ((last >> t->region_shift) != r ||
-        !((atomic_load (&t->touched[r >> 6]) >> (r & 63)) & 1) ||
-        !((atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1))
-      return false;
-  }
   return true;
 }
 

@@ -68,8 +68,7 @@ struct tracked {
   unsigned region_shift;
   uint64_t nbits;
   _Atomic (_Atomic uint64_t *) *leaves;
-  _Atomic uint64_t *touched;
-  _Atomic uint64_t *armed;
+  _Atomic uint64_t *armed;      /* NULL in qemu mode: nothing to check */
   struct tracked_state *st;
 };
 
@@ -144,6 +143,50 @@ extern uint64_t tracker_size (const struct tracker *tr);
  * Returns 0, or -1 with errno set (the request must then fail).
  */
 extern int tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count);
+
+/* True if a write of [offset, offset+count) needs nothing in bitmap T:
+ * every bit already set, in one word, and in crash-safe mode its region
+ * armed (so the bits are on disk).  Loads only, in the order mark_set
+ * stores.  (count == 0 needs no test: nothing is to be marked either way.)
+ */
+static inline __attribute__ ((always_inline)) bool
+tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
+{
+  uint64_t first = offset >> t->granularity_bits;
+  uint64_t last = (offset + count - 1) >> t->granularity_bits;
+  _Atomic uint64_t *words;
+  uint64_t mask, r;
+
+  if (((first ^ last) >> 6) != 0 || last >= t->nbits)
+    return false;
+  words = atomic_load (&t->leaves[first / BITMAP_LEAF_BITS]);
+  if (words == NULL)
+    return false;
+  /* LAST - FIRST < 64; for 63, 2 << 63 wraps to 0 and mask to ~0. */
+  mask = ((UINT64_C (2) << (last - first)) - 1) << (first & 63);
+  if ((atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) != mask)
+    return false;
+  /* A word never straddles regions (a region is whole words). */
+  r = first >> t->region_shift;
+  return t->armed == NULL ||
+    ((atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1);
+}
+
+/* The steady state of the common case, inline so that the caller can
+ * tail-call the plugin: one tracked bitmap and nothing to do in it.
+ * False means "call tracker_mark" (which also handles several bitmaps),
+ * nothing worse.  In qemu mode after a quiesce a write must see in_use
+ * set on disk, so that state always takes tracker_mark.
+ */
+static inline __attribute__ ((always_inline)) bool
+tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+
+  return s->nt == 1 &&
+    !atomic_load_explicit (&tr->in_use_cleared, memory_order_relaxed) &&
+    tracked_is_noop (&s->t[0], offset, count);
+}
 
 /* Make the file reflect every bit set before the call began, durably.
  * In crash-safe mode this also shrinks all-ones regions to exact bits.
