@@ -46,6 +46,61 @@ qcow2_pwrite_full (int fd, const void *buf, size_t len, uint64_t off)
   return 0;
 }
 
+/* Bitmap data goes to the file in whole pages (leaves are smaller), so a
+ * persist never writes part of a page: no read-modify-write of a page
+ * that is not in the page cache.  Page-aligned because data clusters are.
+ */
+#define WRITE_UNIT 4096
+#define LEAVES_PER_PAGE (WRITE_UNIT / BITMAP_LEAF_BYTES)
+
+static uint64_t
+npages (const struct bitmap *bm)
+{
+  return (bitmap_data_bytes (bm) + WRITE_UNIT - 1) / WRITE_UNIT;
+}
+
+/* Take (clear) the changed flags of PAGE's leaves; true if any was set
+ * (CHANGED_ONLY) or, otherwise, if any leaf is present.  A word of
+ * changed flags covers several pages, so clean stretches cost one load.
+ */
+static bool
+take_page (struct bitmap *bm, uint64_t page, bool changed_only)
+{
+  uint64_t leaf = page * LEAVES_PER_PAGE, k;
+  bool any = false;
+
+  if (atomic_load (&bm->changed[leaf >> 6]) == 0 && changed_only)
+    return false;
+  for (k = 0; k < LEAVES_PER_PAGE && leaf + k < bm->nleaves; ++k) {
+    any |= bitmap_take_changed (bm, leaf + k);
+    if (!changed_only)
+      any |= bitmap_leaf_present (bm, leaf + k);
+  }
+  return any;
+}
+
+/* Flag PAGE's present leaves changed again after a failed write. */
+static void
+flag_page (struct bitmap *bm, uint64_t page)
+{
+  uint64_t leaf = page * LEAVES_PER_PAGE, k;
+
+  for (k = 0; k < LEAVES_PER_PAGE && leaf + k < bm->nleaves; ++k)
+    if (bitmap_leaf_present (bm, leaf + k))
+      bitmap_set_changed (bm, leaf + k);
+}
+
+/* PAGE's bytes of bitmap data into BUF (absent leaves as zeros). */
+static size_t
+export_page (const struct bitmap *bm, uint64_t page, unsigned char *buf)
+{
+  uint64_t off = page * WRITE_UNIT, nbytes = bitmap_data_bytes (bm);
+  size_t len = nbytes - off < WRITE_UNIT ? nbytes - off : WRITE_UNIT;
+
+  bitmap_export (bm, off, buf, len);
+  return len;
+}
+
 static uint64_t
 div_up (uint64_t a, uint64_t b)
 {
@@ -210,10 +265,10 @@ static int
 write_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
               uint64_t data_offset, struct dbm_err *err)
 {
-  uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8, j, leaf;
+  uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8, j, page;
   CLEANUP_FREE unsigned char *t = malloc (tbytes);
   uint64_t *table = malloc (tbytes);
-  unsigned char buf[BITMAP_LEAF_BYTES];
+  unsigned char buf[WRITE_UNIT];
 
   if (t == NULL || table == NULL) {
     free (table);
@@ -233,16 +288,13 @@ write_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
    * (a checkpoint or growth while clients write) sets it again.
    */
   atomic_store (&b->bits->any_changed, false);
-  for (leaf = 0; leaf < b->bits->nleaves; ++leaf) {
-    uint64_t boff = leaf * BITMAP_LEAF_BYTES;
-    uint64_t len = bitmap_data_bytes (b->bits) - boff;
+  for (page = 0; page < npages (b->bits); ++page) {
+    uint64_t boff = page * WRITE_UNIT;
+    size_t len;
 
-    bitmap_take_changed (b->bits, leaf);
-    if (!bitmap_leaf_present (b->bits, leaf))
+    if (!take_page (b->bits, page, false))
       continue;
-    if (len > BITMAP_LEAF_BYTES)
-      len = BITMAP_LEAF_BYTES;
-    bitmap_export (b->bits, boff, buf, len);
+    len = export_page (b->bits, page, buf);
     if (qcow2_pwrite_full (fd, buf, len, data_offset + boff) == -1)
       return dbm_seterr (err, errno, "write data of bitmap '%s': %m", b->name);
   }
@@ -373,23 +425,21 @@ qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
                      struct dbm_err *err)
 {
   struct qcow2_bitmap *b = &img->bitmaps[i];
-  unsigned char buf[BITMAP_LEAF_BYTES];
-  uint64_t leaf, nbytes = bitmap_data_bytes (b->bits);
+  unsigned char buf[WRITE_UNIT];
+  uint64_t page;
 
   if (!atomic_load (&b->bits->any_changed))
     return 0;
   /* Cleared before the scan: a bit flipped during it sets it again. */
   atomic_store (&b->bits->any_changed, false);
-  for (leaf = 0; leaf < b->bits->nleaves; ++leaf) {
-    uint64_t off = leaf * BITMAP_LEAF_BYTES;
-    size_t len = nbytes - off < BITMAP_LEAF_BYTES ? nbytes - off
-      : BITMAP_LEAF_BYTES;
+  for (page = 0; page < npages (b->bits); ++page) {
+    size_t len;
 
-    if (!bitmap_take_changed (b->bits, leaf))
+    if (!take_page (b->bits, page, true))
       continue;
-    bitmap_export (b->bits, off, buf, len);
-    if (qcow2_write_data (img, i, off, buf, len, err) == -1) {
-      bitmap_set_changed (b->bits, leaf);
+    len = export_page (b->bits, page, buf);
+    if (qcow2_write_data (img, i, page * WRITE_UNIT, buf, len, err) == -1) {
+      flag_page (b->bits, page);
       return -1;
     }
     if (wrote)
