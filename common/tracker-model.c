@@ -187,11 +187,16 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
                                                       b->granularity_bits,
                                                       img2->cluster_bits,
                                                       err) == -1) {
+      struct dbm_err ignored;
+
       if (b->bits == NULL)
         dbm_seterr (err, ENOMEM, "out of memory");
       bitmap_delete (b->bits);
       b->bits = NULL;
-      tracker_own_bitmaps (tr, img2, err);
+      /* The storage made for the bitmaps before this one: let the
+       * tracker free it (nobody else refers to it yet).
+       */
+      tracker_own_bitmaps (tr, img2, &ignored);
       tracker_drop_model (img2);
       return -1;
     }
