@@ -785,6 +785,7 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
   struct qcow2_image *img;
   struct stat st;
   CLEANUP_FREE unsigned char *c0 = NULL;
+  unsigned char hdr[104];
   CLEANUP_FREE uint8_t *refs = NULL;
   uint64_t nclusters;
 
@@ -814,17 +815,18 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
          path, img->file_size);
     goto fail;
   }
-  c0 = malloc (UINT64_C (1) << QCOW2_MAX_CLUSTER_BITS);
+  /* The fixed header says how big cluster 0 is; allocate just that. */
+  if (qcow2_pread_full (img->fd, hdr, sizeof hdr, 0) == -1) {
+    dbm_seterr (err, errno, "%s: read header: %m", path);
+    goto fail;
+  }
+  if (parse_header (img, hdr, err) == -1)
+    goto fail;
+  c0 = malloc (img->cluster_size);
   if (c0 == NULL) {
     dbm_seterr (err, ENOMEM, "%s: out of memory", path);
     goto fail;
   }
-  if (qcow2_pread_full (img->fd, c0, 104, 0) == -1) {
-    dbm_seterr (err, errno, "%s: read header: %m", path);
-    goto fail;
-  }
-  if (parse_header (img, c0, err) == -1)
-    goto fail;
   if (qcow2_pread_full (img->fd, c0, img->cluster_size, 0) == -1) {
     dbm_seterr (err, errno, "%s: read header: %m", path);
     goto fail;
