@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wall-clock throughput with fio's nbd engine, nbdkit pinned to CPU 0 and
-# fio to CPU 1, configurations interleaved, each repeated RUNS times; prints
-# median (min-max) IOPS and nbdkit CPU microseconds per I/O.
+# fio to CPU 1, configurations interleaved (order rotated each run), each
+# repeated RUNS times; prints median (min-max) IOPS, nbdkit CPU
+# microseconds per I/O, and the paired ratio to nofilter.
 #
 #   bench/fio.sh randwrite|seqwrite|fsync32|multiconn [RUNS] [RUNTIME]
 #
@@ -79,8 +80,12 @@ PY
 
 declare -A res cpu
 for r in $(seq $RUNS); do
+    # Rotate the order each run, so no config always runs in the same
+    # slot of a slow drift or of a neighbour's periodic load.
+    n=${#configs[@]}; order=()
+    for k in $(seq 0 $((n - 1))); do order+=("${configs[$(((k + r) % n))]}"); done
     for s in "${states[@]}"; do
-        for c in "${configs[@]}"; do
+        for c in "${order[@]}"; do
             read -r iops us < <(run_one $c $s)
             res[$c/$s]+="$iops "; cpu[$c/$s]+="$us "
             echo "run $r $c $s: $iops IOPS, $us us/IO" >&2
