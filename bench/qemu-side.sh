@@ -55,7 +55,10 @@ run_one () {
 configs=(qemu-nbd qemu-nbd+bitmap nofilter crash-safe qemu)
 declare -A res
 for r in $(seq "$RUNS"); do
-    for cfg in "${configs[@]}"; do
+    # Rotated order each run (see fio.sh).
+    n=${#configs[@]}
+    for k in $(seq 0 $((n - 1))); do
+        cfg=${configs[$(((k + r) % n))]}
         res[$cfg]+="$(run_one $cfg) "
     done
 done
