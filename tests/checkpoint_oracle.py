@@ -26,10 +26,11 @@ import sys
 import time
 
 
-def writer(uri, seconds, seed, out):
+def writer(uri, seconds, seed, out, connected):
     import nbd
     h = nbd.NBD()
     h.connect_uri(uri)
+    connected.release()
     size = h.get_size()
     rng = random.Random(seed)
     end = time.monotonic() + seconds
@@ -64,11 +65,18 @@ def ask(control, line):
 
 def run(uri, control, log, seconds, interval_ms, procs=4):
     parts = ["%s.%d" % (log, i) for i in range(procs)]
+    connected = multiprocessing.Semaphore(0)
     ps = [multiprocessing.Process(target=writer,
-                                  args=(uri, seconds, 1000 + i, parts[i]))
+                                  args=(uri, seconds, 1000 + i, parts[i],
+                                        connected))
           for i in range(procs)]
     for p in ps:
         p.start()
+    # The file exists from the first connection on; checkpoint only once
+    # every writer is connected (a slow machine may take a while).
+    for p in ps:
+        if not connected.acquire(timeout=60):
+            sys.exit("a writer did not connect within 60 s")
     recs = []
     k = 0
     end = time.monotonic() + seconds
