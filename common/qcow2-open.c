@@ -183,7 +183,7 @@ parse_header (struct qcow2_image *img, const unsigned char *h,
     return BAD ("%s: refcount_order (offset 96) is %" PRIu32 ": refcounts "
                 "narrower than 8 bits are not supported", img->path,
                 img->refcount_order);
-  if (img->header_length < 104 || img->header_length > img->cluster_size ||
+  if (img->header_length < QCOW2_MIN_HEADER_LENGTH || img->header_length > img->cluster_size ||
       img->header_length % 8)
     return BAD ("%s: header_length (offset 100) is %" PRIu32 ": must be a "
                 "multiple of 8 in 104..%" PRIu64, img->path,
@@ -785,7 +785,7 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
   struct qcow2_image *img;
   struct stat st;
   CLEANUP_FREE unsigned char *c0 = NULL;
-  unsigned char hdr[104];
+  unsigned char hdr[QCOW2_MIN_HEADER_LENGTH];
   CLEANUP_FREE uint8_t *refs = NULL;
   uint64_t nclusters;
 
@@ -810,7 +810,7 @@ qcow2_open (const char *path, unsigned flags, struct qcow2_image **imgp,
     goto fail;
   }
   img->file_size = st.st_size;
-  if (img->file_size < 104) {
+  if (img->file_size < QCOW2_MIN_HEADER_LENGTH) {
     BAD ("%s: file is %" PRIu64 " bytes, too short for a qcow2 header",
          path, img->file_size);
     goto fail;

@@ -14,7 +14,8 @@
 
 #define QCOW2_MAGIC                 0x514649fbU
 #define QCOW2_VERSION               3
-#define QCOW2_HEADER_LENGTH         112
+#define QCOW2_HEADER_LENGTH         112   /* what we write */
+#define QCOW2_MIN_HEADER_LENGTH     104   /* v3's fixed fields */
 #define QCOW2_EXT_END               0x00000000U
 #define QCOW2_EXT_BITMAPS           0x23852875U
 #define QCOW2_EXT_FEATURE_TABLE     0x6803f857U
