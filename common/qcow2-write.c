@@ -17,13 +17,13 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "atomic-file.h"
 #include "cleanup.h"
 #include "endian-be.h"
 #include "qcow2.h"
@@ -474,84 +474,39 @@ qcow2_update_in_place (struct qcow2_image *img, const uint32_t *old_flags,
 }
 
 int
-qcow2_commit (struct qcow2_image *img, const char *user_path,
+qcow2_commit (struct qcow2_image *img, const char *user_path, unsigned flags,
               int (*lock_fd_cb) (int fd, struct dbm_err *err),
               struct dbm_err *err)
 {
-  CLEANUP_FREE char *real = NULL;
-  CLEANUP_FREE char *tmp = NULL;
-  const char *path = user_path;
-  CLEANUP_FREE char *dircopy = NULL;
-  struct stat st;
-  mode_t mode = 0644;
-  int fd, dfd;
-  char *p;
+  struct atomic_file af;
+  int r;
 
   if (img->data_clusters)
     return dbm_seterr (err, EINVAL, "%s: the file holds %" PRIu64 " clusters "
                        "of guest data; refusing to rewrite it as a bitmap-only "
-                       "file", path, img->data_clusters);
-  /* rename() replaces a symlink itself: write to the link's target. */
-  if (lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
-    real = realpath (path, NULL);
-    if (real == NULL)
-      return dbm_seterr (err, errno, "%s: symbolic link to a missing file",
-                         path);
-    path = real;
-  }
-  if (stat (path, &st) == 0)
-    mode = st.st_mode & 07777;
-  if (asprintf (&tmp, "%s.tmpXXXXXX", path) == -1)
-    return dbm_seterr (err, ENOMEM, "out of memory");
-  fd = mkstemp (tmp);
-  if (fd == -1)
-    return dbm_seterr (err, errno, "%s: create temporary file: %m", tmp);
-  if (fchmod (fd, mode) == -1) {
-    dbm_seterr (err, errno, "%s: chmod: %m", tmp);
-    goto fail;
-  }
-  if (lock_fd_cb && lock_fd_cb (fd, err) == -1)
-    goto fail;
-  if (write_image (img, fd, err) == -1)
-    goto fail;
-  if (fsync (fd) == -1) {
-    dbm_seterr (err, errno, "%s: fsync: %m", tmp);
-    goto fail;
-  }
-  if (rename (tmp, path) == -1) {
-    dbm_seterr (err, errno, "rename %s to %s: %m", tmp, path);
-    goto fail;
-  }
-  /* Make the rename itself durable. */
-  dircopy = strdup (path);
-  if (dircopy == NULL) {
-    dbm_seterr (err, ENOMEM, "out of memory");
-    close (fd);
+                       "file", user_path, img->data_clusters);
+  if (atomic_file_begin (user_path, flags, &af, err) == -1)
+    return -1;
+  if ((lock_fd_cb && lock_fd_cb (af.fd, err) == -1) ||
+      write_image (img, af.fd, err) == -1) {
+    atomic_file_abort (&af);
     return -1;
   }
-  p = dirname (dircopy);
-  dfd = open (p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd == -1 || fsync (dfd) == -1) {
-    dbm_seterr (err, errno, "%s: fsync directory: %m", p);
-    if (dfd >= 0)
-      close (dfd);
-    close (fd);
+  r = atomic_file_commit (&af, err);
+  if (r == -1)
     return -1;
-  }
-  close (dfd);
+  /* Committed: the new file is the file now, even if its directory entry
+   * is not yet durable (then qcow2_sync retries that before any later
+   * sync may succeed).
+   */
   if (img->fd >= 0)
     close (img->fd);
-  img->fd = fd;
-  if (img->path == NULL || strcmp (img->path, path) != 0) {
-    free (img->path);
-    img->path = strdup (path);
-  }
-  return 0;
-
- fail:
-  close (fd);
-  unlink (tmp);
-  return -1;
+  img->fd = af.fd;
+  free (img->path);
+  img->path = af.path;
+  img->dir_sync_pending = r == ATOMIC_FILE_COMMITTED_NOT_DURABLE;
+  qcow2_note_identity (img);
+  return r;
 }
 
 int
@@ -605,6 +560,12 @@ qcow2_sync (struct qcow2_image *img, struct dbm_err *err)
 {
   if (fdatasync (img->fd) == -1)
     return dbm_seterr (err, errno, "%s: fdatasync: %m", img->path);
+  /* A rewrite whose directory sync failed is not durable until it works. */
+  if (img->dir_sync_pending) {
+    if (atomic_file_sync_dir (img->path, err) == -1)
+      return -1;
+    img->dir_sync_pending = false;
+  }
   return 0;
 }
 
@@ -636,5 +597,6 @@ qcow2_write_autoclear (struct qcow2_image *img, uint64_t value,
                        img->path);
   img->autoclear_features = value;
   img->autoclear_without_ext = false;
+  qcow2_note_identity (img);
   return 0;
 }

@@ -133,6 +133,18 @@ struct qcow2_image {
   uint64_t dbm_region_size;
   uint64_t dbm_ext_offset;      /* its data's offset in cluster 0, or 0 */
   bool ext_inconsistent;        /* extension present, bit 0 clear */
+
+  /* The file as last opened or committed (qcow2-watch.c): so that a file
+   * unlinked, replaced, truncated or overwritten behind our back is
+   * noticed at the next persist or flush instead of silently written.
+   */
+  bool identity_known;
+  uint64_t id_dev, id_ino;
+  unsigned char id_header[QCOW2_MIN_HEADER_LENGTH];
+  /* A commit renamed the new file into place but its directory sync
+   * failed: qcow2_sync retries it before it may succeed.
+   */
+  bool dir_sync_pending;
 };
 
 /* QEMU's view of the disk: the header size truncated to 512-byte sectors. */
@@ -211,10 +223,27 @@ extern void qcow2_remove_bitmap (struct qcow2_image *img, int i);
  * Afterwards img->fd is the new file (O_RDWR) and every offset in the model
  * describes it.  If LOCK_FD_CB is set it is called on the temporary file's
  * descriptor before the rename, so the new inode is never unlocked.
+ * Returns -1 (the old file is untouched), 0, or 1: committed, but the
+ * directory sync failed (ERR says so; the model uses the new file anyway,
+ * and the next qcow2_sync retries the directory).  See atomic-file.h for
+ * mode, owner and hard links.
  */
+#define QCOW2_COMMIT_NOREPLACE 1 /* ATOMIC_FILE_NOREPLACE: never overwrite */
 extern int qcow2_commit (struct qcow2_image *img, const char *path,
+                         unsigned flags,
                          int (*lock_fd_cb) (int fd, struct dbm_err *err),
                          struct dbm_err *err);
+
+/* Record which file IMG->fd is (device, inode, fixed header), after an
+ * open or a commit.
+ */
+extern void qcow2_note_identity (struct qcow2_image *img);
+
+/* Is IMG->fd still the file at PATH, linked, of the size and header we
+ * wrote?  -1 with a message saying what changed (EIO) if not.
+ */
+extern int qcow2_check_identity (struct qcow2_image *img, const char *path,
+                                 struct dbm_err *err);
 
 /* True if the open file is byte-for-byte in the layout qcow2_commit
  * writes, so changes can be made in place instead of by a rewrite.

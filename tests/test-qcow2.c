@@ -47,7 +47,7 @@ test_round_trip (void)
   bitmap_mark (img->bitmaps[0].bits, 0, 65536);
   bitmap_mark (img->bitmaps[0].bits, UINT64_C (5) << 30, 4096);
   bitmap_mark (img->bitmaps[1].bits, 1 << 20, 1000);
-  CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+  CHECK (qcow2_commit (img, path, 0, NULL, &err) == 0);
 
   /* Golden fields (qcow2-bitmaps.md 1.2, 1.3). */
   fd = open (path, O_RDONLY);
@@ -116,7 +116,7 @@ test_cluster_sizes (void)
     struct qcow2_image *img = qcow2_new (UINT64_C (3) << 30, cb, QCOW2_LAYOUT_QEMU, &err), *back;
     CHECK (img && qcow2_add_bitmap (img, "x", 12, BME_FLAG_AUTO, 0, &err) == 0);
     bitmap_mark (img->bitmaps[0].bits, 12345, 999999);
-    CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+    CHECK (qcow2_commit (img, path, 0, NULL, &err) == 0);
     CHECK (qcow2_open (path, 0, &back, &err) == 0);
     if (back) {
       CHECK_EQ (back->leaked_clusters, 0);
@@ -147,7 +147,7 @@ test_draft_golden (void)
                            1000, &err) == 0);
   CHECK (qcow2_add_bitmap (img, "x", 16, DRAFT_FLAG_AUTO, 0, &err) == -1);
   bitmap_mark (img->bitmaps[0].bits, 65536 * 9, 1);      /* bit 9 */
-  CHECK (qcow2_commit (img, path, NULL, &err) == 0);
+  CHECK (qcow2_commit (img, path, 0, NULL, &err) == 0);
   fd = open (path, O_RDONLY);
   CHECK (pread (fd, h, sizeof h, 0) == sizeof h);
   CHECK_EQ (get_be64 (h + 24), 0);              /* container size 0 */

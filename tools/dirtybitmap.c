@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cleanup.h"
 #include "control-client.h"
@@ -450,7 +451,7 @@ cmd_check (int argc, char **argv)
   }
   else {
     bool had_leaks = img->leaked_clusters, had_bit = img->autoclear_without_ext;
-    if (qcow2_commit (img, path, qemu_lock_new_file, &err) == -1) {
+    if (qcow2_commit (img, path, 0, qemu_lock_new_file, &err) != 0) {
       print_err (&err);
       qcow2_close (img);
       return 1;
@@ -500,6 +501,21 @@ parse_gran (const char *s, unsigned *bits)
   return 0;
 }
 
+/* create and convert never overwrite: any name already there, even one
+ * we cannot read or a dangling link, is refused here (a clear early
+ * message); the commit itself refuses atomically too (no race).
+ */
+static int
+refuse_existing (const char *path)
+{
+  struct stat st;
+
+  if (lstat (path, &st) == -1)
+    return 0;
+  fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog, path);
+  return -1;
+}
+
 static int
 cmd_create (int argc, char **argv)
 {
@@ -518,7 +534,6 @@ cmd_create (int argc, char **argv)
   uint64_t size;
   unsigned gran, cbits = QCOW2_DEFAULT_CLUSTER_BITS;
   const char *path = argv[optind];
-  FILE *fp;
 
   if (!o.size) {
     fprintf (stderr, "%s create: --size is required\n", prog);
@@ -536,18 +551,15 @@ cmd_create (int argc, char **argv)
     print_err (&err);
     return EXIT_USAGE;
   }
-  if ((fp = fopen (path, "r")) != NULL) {
-    fclose (fp);
-    fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog, path);
+  if (refuse_existing (path) == -1)
     return 1;
-  }
   img = qcow2_new (layout == QCOW2_LAYOUT_DRAFT2015 ? 0 : size, cbits, layout,
                    &err);
   if (img == NULL ||
       qcow2_add_bitmap (img, o.name ? o.name : "dirtybitmap", gran,
                         o.disabled || layout == QCOW2_LAYOUT_DRAFT2015
                         ? 0 : BME_FLAG_AUTO, size, &err) == -1 ||
-      qcow2_commit (img, path, NULL, &err) == -1) {
+      qcow2_commit (img, path, QCOW2_COMMIT_NOREPLACE, NULL, &err) != 0) {
     print_err (&err);
     qcow2_close (img);
     return 1;
@@ -598,7 +610,7 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
     return 1;
   }
   r = change (img, idx, arg);
-  if (r == 0 && qcow2_commit (img, path, qemu_lock_new_file, &err) == -1) {
+  if (r == 0 && qcow2_commit (img, path, 0, qemu_lock_new_file, &err) != 0) {
     print_err (&err);
     r = 1;
   }
@@ -724,7 +736,6 @@ cmd_convert (int argc, char **argv)
   enum qcow2_layout to;
   uint64_t size = 0;
   uint32_t i;
-  FILE *fp;
 
   if (o.to == NULL) {
     fprintf (stderr, "%s convert: --to is required\n", prog);
@@ -732,12 +743,8 @@ cmd_convert (int argc, char **argv)
   }
   if (parse_layout ("--to", o.to, &to) == -1)
     return EXIT_USAGE;
-  if ((fp = fopen (argv[optind + 1], "r")) != NULL) {
-    fclose (fp);
-    fprintf (stderr, "%s: %s: file exists, not overwriting\n", prog,
-             argv[optind + 1]);
+  if (refuse_existing (argv[optind + 1]) == -1)
     return 1;
-  }
   if (qcow2_open (argv[optind], QCOW2_OPEN_LOAD_IN_USE, &in, &err) == -1) {
     print_err (&err);
     return 1;
@@ -780,7 +787,8 @@ cmd_convert (int argc, char **argv)
       goto fail_err;
     }
   }
-  if (qcow2_commit (out, argv[optind + 1], NULL, &err) == -1)
+  if (qcow2_commit (out, argv[optind + 1], QCOW2_COMMIT_NOREPLACE, NULL,
+                    &err) != 0)
     goto fail_err;
   qcow2_close (out);
   qcow2_close (in);
