@@ -179,10 +179,6 @@ parse_header (struct qcow2_image *img, const unsigned char *h,
   if (img->refcount_order > 6)
     return BAD ("%s: refcount_order (offset 96) is %" PRIu32 ", outside 0..6",
                 img->path, img->refcount_order);
-  if (img->refcount_order < 3)
-    return BAD ("%s: refcount_order (offset 96) is %" PRIu32 ": refcounts "
-                "narrower than 8 bits are not supported", img->path,
-                img->refcount_order);
   if (img->header_length < QCOW2_MIN_HEADER_LENGTH || img->header_length > img->cluster_size ||
       img->header_length % 8)
     return BAD ("%s: header_length (offset 100) is %" PRIu32 ": must be a "
@@ -639,6 +635,50 @@ parse_tables (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
   return 0;
 }
 
+/* Entry J of a refcount block, for every refcount_order QEMU creates
+ * (0..6).  The spec stores entries of 8 bits and more as big-endian
+ * integers; narrower ones are packed into bytes starting at the least
+ * significant bit ("bit 0 means the least significant bit"), so entry 0
+ * of a 1-bit block is bit 0 (mask 0x01) of byte 0.
+ */
+static uint64_t
+refcount_entry (const unsigned char *blk, uint64_t j, uint32_t refcount_order)
+{
+  unsigned rbits = 1U << refcount_order, k;
+  uint64_t rc = 0;
+
+  if (rbits < 8) {
+    unsigned per_byte = 8 / rbits;
+    return (blk[j / per_byte] >> (rbits * (j % per_byte))) &
+      ((1U << rbits) - 1);
+  }
+  for (k = 0; k < rbits / 8; ++k)
+    rc = rc << 8 | blk[j * (rbits / 8) + k];
+  return rc;
+}
+
+/* Where entry J of the refcount block at BLOCK lies, for error messages:
+ * the byte offset, plus the bit mask inside that byte when refcount_bits
+ * is narrower than a byte (several clusters share the byte).
+ */
+static void
+refcount_entry_where (char *buf, size_t len, uint64_t block, uint64_t j,
+                      uint32_t refcount_order)
+{
+  unsigned rbits = 1U << refcount_order;
+
+  if (rbits < 8) {
+    unsigned per_byte = 8 / rbits;
+    snprintf (buf, len, "refcount block entry %" PRIu64 " at offset 0x%"
+              PRIx64 " mask 0x%02x, refcount_bits %u", j,
+              block + j / per_byte,
+              ((1U << rbits) - 1) << (rbits * (j % per_byte)), rbits);
+  }
+  else
+    snprintf (buf, len, "refcount block entry %" PRIu64 " at offset 0x%"
+              PRIx64 ", refcount_bits %u", j, block + j * (rbits / 8), rbits);
+}
+
 /* Compare every cluster's refcount with the references counted. */
 static int
 check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
@@ -646,7 +686,6 @@ check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
 {
   uint64_t rt_bytes = (uint64_t) img->refcount_table_clusters
     << img->cluster_bits;
-  unsigned rbits = 1U << img->refcount_order, rbytes = rbits / 8;
   uint64_t per_block = (img->cluster_size * 8) >> img->refcount_order;
   CLEANUP_FREE unsigned char *rt = NULL;
   CLEANUP_FREE unsigned char *blk = NULL;
@@ -697,11 +736,9 @@ check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
       return dbm_seterr (err, errno, "%s: read refcount block at 0x%" PRIx64
                          ": %m", img->path, blocks[i]);
     for (j = 0; j < per_block; ++j) {
-      uint64_t c = i * per_block + j, rc = 0;
-      unsigned k;
+      uint64_t c = i * per_block + j;
+      uint64_t rc = refcount_entry (blk, j, img->refcount_order);
 
-      for (k = 0; k < rbytes; ++k)
-        rc = rc << 8 | blk[j * rbytes + k];
       if (c >= nclusters) {
         if (rc) {
           if (img->leaked_clusters++ == 0)
@@ -709,13 +746,19 @@ check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
         }
         continue;
       }
-      if (refs[c] && rc == 0)
-        return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced but "
-                    "its refcount is 0", img->path, c << img->cluster_bits);
-      if (refs[c] > rc)
+      if (refs[c] > rc) {
+        char where[128];
+
+        refcount_entry_where (where, sizeof where, blocks[i], j,
+                              img->refcount_order);
+        if (rc == 0)
+          return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced "
+                      "but its refcount is 0 (%s)", img->path,
+                      c << img->cluster_bits, where);
         return BAD ("%s: cluster at offset 0x%" PRIx64 " is referenced %u "
-                    "times but its refcount is %" PRIu64, img->path,
-                    c << img->cluster_bits, refs[c], rc);
+                    "times but its refcount is %" PRIu64 " (%s)", img->path,
+                    c << img->cluster_bits, refs[c], rc, where);
+      }
       if (rc > refs[c]) {
         if (img->leaked_clusters++ == 0)
           img->first_leak = c << img->cluster_bits;
