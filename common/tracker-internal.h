@@ -32,6 +32,9 @@ extern struct track_set *tracker_new_set (struct tracker *tr,
  */
 extern void tracker_reflag_model (struct qcow2_image *img);
 
+/* Write what tracker_open deferred, once (see tracker_set_size). */
+extern int tracker_activate (struct tracker *tr, struct dbm_err *err);
+
 /* The export grew to WANT bytes (a multiple of 512). */
 extern int tracker_grow (struct tracker *tr, uint64_t want,
                          struct dbm_err *err);

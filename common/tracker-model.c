@@ -42,6 +42,43 @@ adopt (struct tracker *tr, struct qcow2_image *img2)
   tr->last_persist = time (NULL);
 }
 
+/* A change committed (the new file is in force) but its directory sync
+ * failed: say so; qcow2_sync retries it before any later sync succeeds.
+ */
+static int
+not_durable (struct tracker *tr, int r, const char *what, const char *name,
+             struct dbm_err *err)
+{
+  char cause[sizeof err->msg];
+
+  if (r == 0)
+    return 0;
+  snprintf (cause, sizeof cause, "%s", err->msg);
+  return dbm_seterr (err, EIO, "%s: %s%s%s%s done, but not yet durable (%s); "
+                     "the next persist or flush retries", tr->cfg.path, what,
+                     name ? " of '" : "", name ? name : "", name ? "'" : "",
+                     cause);
+}
+
+/* crash-safe mode, before a rewrite that carries tracked bitmaps over
+ * (removal, rewrite): the new file holds their exact bits, not the
+ * all-ones of armed regions.  So disarm every region first: the next
+ * first write into one arms it again, in the new file, once arm_lock is
+ * released.  A marker that saw a region armed before this set its bits
+ * earlier (seq_cst), so the new file's export includes them.  Caller
+ * holds arm_lock.
+ */
+static void
+disarm_all (const struct track_set *s)
+{
+  size_t k;
+  uint64_t w;
+
+  for (k = 0; k < s->nt; ++k)
+    for (w = 0; w < (s->t[k].st->nregions + 63) / 64; ++w)
+      atomic_store (&s->t[k].st->armed[w], 0);
+}
+
 static void
 retire (const struct track_set *s)
 {
@@ -69,13 +106,13 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
-  struct track_set *before = atomic_load (&tr->set), *both, *after;
+  struct track_set *before, *both, *after;
   CLEANUP_FREE struct tracked_state **states = NULL;
   struct tracked_state *nst;
   struct qcow2_image *img2;
   uint32_t in_use = tr->cfg.mode == TRACKER_QEMU ? BME_FLAG_IN_USE : 0;
   size_t i;
-  int idx;
+  int idx, r;
 
   if (tr->img == NULL)
     return dbm_seterr (err, EAGAIN, "%s: no client has connected yet, so "
@@ -84,6 +121,9 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   if (tr->img->layout != QCOW2_LAYOUT_QEMU)
     return dbm_seterr (err, ENOTSUP, "%s: checkpoints need QEMU's layout "
                        "(bitmap-format=qemu)", tr->cfg.path);
+  if (tracker_activate (tr, err) == -1)
+    return -1;
+  before = atomic_load (&tr->set);
   if (qcow2_find_bitmap (tr->img, name) >= 0)
     return dbm_seterr (err, EEXIST, "%s: bitmap '%s' already exists",
                        tr->cfg.path, name);
@@ -123,7 +163,8 @@ tracker_checkpoint (struct tracker *tr, const char *name,
    * new file holds it: arming needs arm_lock, which we hold.
    */
   atomic_store (&tr->set, both);
-  if (qcow2_commit (img2, tr->cfg.path, qemu_lock_new_file, err) == -1) {
+  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  if (r == -1) {
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
     atomic_store (&tr->set, before);
@@ -139,7 +180,7 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
-  return 0;
+  return not_durable (tr, r, "checkpoint", name, err);
 }
 
 /* The export is larger than the file: grow every bitmap that must cover
@@ -162,6 +203,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   uint64_t have = tracker_size (tr);
   size_t i;
   uint32_t j;
+  int r;
 
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
@@ -230,7 +272,8 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
       goto rollback;
     }
   }
-  if (qcow2_commit (img2, tr->cfg.path, qemu_lock_new_file, err) == -1)
+  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  if (r == -1)
     goto rollback;
   retire (before);
   adopt (tr, img2);
@@ -238,7 +281,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   tr->cfg.log ("%s: the export grew from %" PRIu64 " to %" PRIu64 " bytes: "
                "bitmaps grown, the new area marked dirty", tr->cfg.path,
                have, want);
-  return 0;
+  return not_durable (tr, r, "growth", NULL, err);
 
  rollback:
   /* Same dance backwards: publish the old set, then copy back what was
@@ -264,14 +307,17 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
-  struct track_set *s = atomic_load (&tr->set);
+  struct track_set *s;
   struct qcow2_image *img2;
   size_t k;
-  int i;
+  int i, r;
 
   if (tr->img == NULL || (i = qcow2_find_bitmap (tr->img, name)) < 0)
     return dbm_seterr (err, ENOENT, "%s: no bitmap named '%s'",
                        tr->cfg.path, name);
+  if (tracker_activate (tr, err) == -1)
+    return -1;
+  s = atomic_load (&tr->set);
   for (k = 0; k < s->nt; ++k)
     if (s->t[k].st->idx == i)
       return dbm_seterr (err, EBUSY, "%s: bitmap '%s' is recording writes; "
@@ -285,13 +331,48 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
     return -1;
   img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
   qcow2_remove_bitmap (img2, i);
-  if (qcow2_commit (img2, tr->cfg.path, qemu_lock_new_file, err) == -1) {
+  disarm_all (s);
+  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  if (r == -1) {
     undo (tr, img2);
     return -1;
   }
   adopt (tr, img2);
   tr->cfg.log ("%s: bitmap '%s' removed", tr->cfg.path, name);
-  return 0;
+  return not_durable (tr, r, "removal", name, err);
+}
+
+int
+tracker_rewrite (struct tracker *tr, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
+  struct track_set *s = atomic_load (&tr->set);
+  struct qcow2_image *img2;
+  int r;
+
+  if (tr->img == NULL || !atomic_load (&tr->active))
+    return 0;
+  img2 = qcow2_clone (tr->img, err);
+  if (img2 == NULL)
+    return -1;
+  disarm_all (s);
+  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  if (r == -1) {
+    /* The old file, whatever became of it, keeps its all-ones regions on
+     * disk; the next first writes re-arm regions, which is only
+     * conservative.
+     */
+    undo (tr, img2);
+    return -1;
+  }
+  adopt (tr, img2);
+  tr->identity_logged = false;
+  tr->cfg.log ("%s: the bitmap file was written again from memory",
+               tr->cfg.path);
+  return not_durable (tr, r, "rewrite", NULL, err);
 }
 
 /* JSON string: quote, backslash and control bytes escaped; other bytes

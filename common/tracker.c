@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atomic-file.h"
 #include "cleanup.h"
 #include "qemu-lock.h"
 #include "tracker.h"
@@ -88,6 +89,7 @@ tracker_free (struct tracker *tr)
   for (i = 0; i < tr->nsets; ++i)
     free (tr->sets[i]);
   free (tr->sets);
+  free (tr->open_flags);
   pthread_mutex_destroy (&tr->persist_lock);
   pthread_mutex_destroy (&tr->arm_lock);
   pthread_mutex_destroy (&tr->sync_lock);
@@ -167,6 +169,28 @@ size_t
 tracker_ntracked (struct tracker *tr)
 {
   return atomic_load (&tr->set)->nt;
+}
+
+char *
+tracker_tracked_names (struct tracker *tr)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+  char *buf = NULL;
+  size_t len = 0, i;
+  FILE *f;
+
+  if (tr->img == NULL || s->nt == 0)
+    return strdup ("(none)");
+  f = open_memstream (&buf, &len);
+  if (f == NULL)
+    return NULL;
+  for (i = 0; i < s->nt; ++i)
+    fprintf (f, "%s'%s'", i ? ", " : "", tr->img->bitmaps[s->t[i].st->idx].name);
+  if (fclose (f) != 0) {
+    free (buf);
+    return NULL;
+  }
+  return buf;
 }
 
 /* Every tracked bitmap is marked at its own granularity; the others are
@@ -319,18 +343,22 @@ tracker_recover_offline (const char *path,
     qcow2_close (img);
     return 0;
   }
-  r = qcow2_commit (img, path, qemu_lock_new_file, err);
+  r = qcow2_commit (img, path, 0, qemu_lock_new_file, err);
   qcow2_close (img);
-  return r;
+  return r == 0 ? 0 : -1;
 }
 
 /* Rewrite the file in the canonical layout, with in_use set on the tracked
- * bitmaps in qemu mode, then start tracking.
+ * bitmaps in qemu mode, then start tracking.  Returns as qcow2_commit: 1
+ * means tracking started on a committed file whose directory entry is not
+ * yet durable (ERR says why).
  */
 static int
 commit_and_track (struct tracker *tr, const uint32_t *old_flags,
                   struct dbm_err *err)
 {
+  int r = 0;
+
   struct qcow2_image *img = tr->img;
   uint64_t region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
     ? tr->cfg.region_size : 0;
@@ -338,9 +366,6 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    if (qcow2_bitmap_read_only (img, b) && tracker_is_tracked (tr, b))
-      return dbm_seterr (err, EPERM, "%s: bitmap '%s' is read_only",
-                         tr->cfg.path, b->name);
     if (tr->cfg.mode == TRACKER_QEMU && tracker_is_tracked (tr, b))
       b->flags |= BME_FLAG_IN_USE;
   }
@@ -352,15 +377,24 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
    */
   if (old_flags && qcow2_is_canonical (img) &&
       img->dbm_region_size == region_size) {
-    if (qcow2_update_in_place (img, old_flags, err) == -1)
+    if (qcow2_update_in_place (img, old_flags, err) == -1) {
+      /* Leaves written may not be durable: write them again next time. */
+      tracker_reflag_model (img);
       return -1;
+    }
   }
   else {
     img->dbm_region_size = region_size;
-    if (qcow2_commit (img, tr->cfg.path, qemu_lock_new_file, err) == -1)
+    r = qcow2_commit (img, tr->cfg.path, 0, qemu_lock_new_file, err);
+    if (r == -1) {
+      tracker_reflag_model (img);
       return -1;
+    }
   }
-  return setup_tracked (tr, err);
+  if (setup_tracked (tr, err) == -1)
+    return -1;
+  atomic_store (&tr->active, true);
+  return r;
 }
 
 static bool
@@ -399,9 +433,10 @@ remove_stale_temporaries (const char *path, void (*log) (const char *fmt, ...))
     return;
   while ((e = readdir (d)) != NULL) {
     CLEANUP_FREE char *full = NULL;
-    if (strlen (e->d_name) != blen + 10 ||
+    if (strlen (e->d_name) != blen + ATOMIC_FILE_SUFFIX_LEN ||
         strncmp (e->d_name, base, blen) != 0 ||
-        strncmp (e->d_name + blen, ".tmp", 4) != 0)
+        strncmp (e->d_name + blen, ATOMIC_FILE_SUFFIX,
+                 strlen (ATOMIC_FILE_SUFFIX)) != 0)
       continue;
     if (asprintf (&full, "%s/%s", dir, e->d_name) == -1)
       break;
@@ -418,7 +453,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
 {
   struct tracker *tr;
   struct stat st;
-  CLEANUP_FREE uint32_t *old_flags = NULL;
+  uint32_t *old_flags;
   uint32_t i;
 
   *trp = NULL;
@@ -482,13 +517,14 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   }
   if (qemu_lock_write (tr->img->fd, tr->cfg.path, err) == -1)
     goto fail;
-  remove_stale_temporaries (cfg->path, tr->cfg.log);
+  qcow2_note_identity (tr->img);
   if (tr->img->ext_inconsistent && tr->cfg.in_use_policy == IN_USE_REFUSE) {
     dbm_seterr (err, EINVAL, "%s: autoclear bit 0 is clear: every bitmap is "
                 "inconsistent", tr->cfg.path);
     goto fail;
   }
-  old_flags = calloc (tr->img->nb_bitmaps + 1, sizeof *old_flags);
+  old_flags = tr->open_flags =
+    calloc (tr->img->nb_bitmaps + 1, sizeof *old_flags);
   if (old_flags == NULL) {
     dbm_seterr (err, ENOMEM, "out of memory");
     goto fail;
@@ -507,8 +543,26 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
       qcow2_add_bitmap (tr->img, cfg->bitmap_name, cfg->granularity_bits,
                         BME_FLAG_AUTO, 0, err) == -1)
     goto fail;
-  if (commit_and_track (tr, old_flags, err) == -1)
+  /* Validated, locked and settled in memory; written by the first writer
+   * (activate).  A file not in the canonical layout must be rewritten
+   * then; check now that it can be (a rewrite of a hard-linked file is
+   * refused), so that the error comes at start.
+   */
+  for (i = 0; i < tr->img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &tr->img->bitmaps[i];
+    if (qcow2_bitmap_read_only (tr->img, b) && tracker_is_tracked (tr, b)) {
+      dbm_seterr (err, EPERM, "%s: bitmap '%s' is read_only", cfg->path,
+                  b->name);
+      goto fail;
+    }
+  }
+  if (!qcow2_is_canonical (tr->img) && st.st_nlink > 1) {
+    dbm_seterr (err, EMLINK, "%s: the file has %ju hard links and must be "
+                "rewritten (a new file renamed over it), which would split "
+                "them: keep one link, or use a symbolic link", cfg->path,
+                (uintmax_t) st.st_nlink);
     goto fail;
+  }
   *trp = tr;
   return 0;
 
@@ -530,13 +584,41 @@ tracker_size (const struct tracker *tr)
   return i < 0 ? 0 : tr->img->bitmaps[i].size;
 }
 
+/* The first writer brings an existing file into use: the changes
+ * tracker_open prepared in memory are written, and stale temporaries of a
+ * killed rewrite removed.  Later calls only retry a directory sync that
+ * failed, so that no writer is served while the file's name may not be
+ * durable.
+ */
+int
+tracker_activate (struct tracker *tr, struct dbm_err *err)
+{
+  int r;
+
+  if (!atomic_load (&tr->active)) {
+    remove_stale_temporaries (tr->cfg.path, tr->cfg.log);
+    r = commit_and_track (tr, tr->open_flags, err);
+    if (r != 0)
+      return -1;
+  }
+  if (tr->img->dir_sync_pending)
+    return qcow2_sync (tr->img, err);
+  return 0;
+}
+
 int
 tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
 {
   uint64_t want = (size + 511) & ~UINT64_C (511);
-  uint64_t have = tracker_size (tr);
+  uint64_t have;
   bool created = false;
+  int r;
 
+  if (size == 0)
+    return 0;
+  if (tr->img && tracker_activate (tr, err) == -1)
+    return -1;
+  have = tracker_size (tr);
   if (have) {
     if (want < have)
       return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
@@ -556,11 +638,15 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
       return -1;
     created = true;
   }
-  if (qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name,
+  r = qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name,
                         tr->cfg.granularity_bits,
                         tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
-                        size, err) == -1 ||
-      commit_and_track (tr, NULL, err) == -1) {
+                        size, err);
+  if (r == 0)
+    r = commit_and_track (tr, NULL, err);
+  if (r == 1)
+    return -1;          /* tracking, but not durable yet: retried next time */
+  if (r == -1) {
     if (created) {
       qcow2_close (tr->img);
       tr->img = NULL;
@@ -768,6 +854,7 @@ mark_slow (struct tracker *tr, const struct track_set *s, uint64_t offset,
 
     if (mark_set (tr, s, offset, count, force) == -1)
       return -1;
+    DBM_TEST_HOOK (DBM_HOOK_MARK_MARKED);
     now = atomic_load (&tr->set);
     if (now == s)
       return 0;
@@ -791,15 +878,21 @@ mark_is_noop (const struct tracker *tr, const struct track_set *s,
   return true;
 }
 
-/* A write already recorded in every bitmap of the current set needs no
- * re-check: its bits were set before any replacement read them.
+/* A write already recorded in every bitmap of the set needs nothing if
+ * that set is still current after the check (loaded again, seq_cst, after
+ * the bits): then its bits were set before any replacement reads them.
+ * If the set changed, the bits seen may have been set by a marker after
+ * the old bitmap was saved: take the general path.
  */
 int
 tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
 {
   const struct track_set *s = atomic_load (&tr->set);
 
-  if (count == 0 || mark_is_noop (tr, s, offset, count))
+  DBM_TEST_HOOK (DBM_HOOK_MARK_LOADED);
+  if (count == 0)
+    return 0;
+  if (mark_is_noop (tr, s, offset, count) && atomic_load (&tr->set) == s)
     return 0;
   return mark_slow (tr, s, offset, count);
 }
@@ -873,6 +966,12 @@ persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
 
   for (i = 0; i < s->nt; ++i) {
     struct tracked_state *t = s->t[i].st;
+    /* Leaves are written as regions; the changed flags are not needed,
+     * but any_changed must be cleared before the scan, not after it: a bit
+     * flipped during the scan (in a region that then stays armed) sets it
+     * again, so that tracker_dirty asks for the next persist.
+     */
+    atomic_store (&t->bits->any_changed, false);
     for (w = 0; w < (t->nregions + 63) / 64; ++w)
       atomic_exchange (&t->touched[w], 0);
   }
@@ -905,12 +1004,29 @@ persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
         *wrote = true;
       }
     }
-    /* Leaves were written as regions; the changed flags are not needed. */
-    atomic_store (&t->bits->any_changed, false);
+    DBM_TEST_HOOK (DBM_HOOK_PERSIST_SCANNED);
   }
   if (*wrote && qcow2_sync (tr->img, err) == -1)
     return -1;
   return 0;
+}
+
+/* Is the file still ours (qcow2-watch.c)?  Said once in the log; every
+ * persist and flush fails until tracker_rewrite puts the bits back.
+ */
+static int
+check_file (struct tracker *tr, struct dbm_err *err)
+{
+  if (qcow2_check_identity (tr->img, tr->cfg.path, err) == 0)
+    return 0;
+  if (!tr->identity_logged) {
+    tr->identity_logged = true;
+    tr->cfg.log ("%s; the bitmaps are kept in memory: every flush fails "
+                 "until they are written again ('persist' on the control "
+                 "socket, or a clean shutdown, rewrites the file)", err->msg);
+  }
+  err->errnum = EIO;
+  return -1;
 }
 
 int
@@ -919,8 +1035,10 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
   bool wrote = false;
 
-  if (tr->img == NULL)
+  if (tr->img == NULL || !atomic_load (&tr->active))
     return 0;
+  if (check_file (tr, err) == -1)
+    return -1;
   if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
     if (persist_regions (tr, &wrote, err) == -1)
       return -1;
@@ -939,11 +1057,39 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
 }
 
 int
+tracker_flush (struct tracker *tr, struct dbm_err *err)
+{
+  if (tr->img == NULL || !atomic_load (&tr->active))
+    return 0;
+  if (tr->cfg.mode == TRACKER_QEMU)
+    return tracker_persist (tr, err);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
+  if (check_file (tr, err) == -1)
+    return -1;
+  /* Arming writes are synced already; a rewrite's directory may not be. */
+  return tr->img->dir_sync_pending ? qcow2_sync (tr->img, err) : 0;
+}
+
+int
+tracker_save (struct tracker *tr, struct dbm_err *err)
+{
+  struct dbm_err ignored;
+
+  if (tr->img == NULL || !atomic_load (&tr->active))
+    return 0;
+  /* The file changed behind our back: the bits in memory are the truth. */
+  if (qcow2_check_identity (tr->img, tr->cfg.path, &ignored) == -1 &&
+      tracker_rewrite (tr, err) == -1)
+    return -1;
+  return tracker_persist (tr, err);
+}
+
+int
 tracker_quiesce (struct tracker *tr, struct dbm_err *err)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
 
-  if (tr->img == NULL)
+  if (tr->img == NULL || !atomic_load (&tr->active))
     return 0;
   if (tr->cfg.mode != TRACKER_QEMU)
     return tracker_persist (tr, err);
@@ -966,7 +1112,11 @@ tracker_close (struct tracker *tr, struct dbm_err *err)
 {
   int r = 0;
 
-  if (tr->img && tracker_persist (tr, err) == -1)
+  if (tr->img == NULL || !atomic_load (&tr->active)) {
+    tracker_free (tr);          /* never written: leave the file alone */
+    return 0;
+  }
+  if (tracker_save (tr, err) == -1)
     r = -1;
   /* Only after the data is durable may in_use be cleared. */
   if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU)

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "qcow2.h"
+#include "test-hooks.h"
 
 enum tracker_mode { TRACKER_CRASH_SAFE, TRACKER_QEMU };
 enum tracker_in_use { IN_USE_DIRTY, IN_USE_REFUSE };
@@ -86,6 +87,14 @@ struct track_set {
 struct tracker {
   struct tracker_config cfg;
   struct qcow2_image *img;      /* NULL until the file exists */
+  /* Nothing is written to an existing file until the first writer comes
+   * (tracker_set_size): a start that fails later, a read-only server and
+   * read-only clients leave the file as it was.  Set once, under the
+   * caller's serialisation of tracker_set_size and the model changes.
+   */
+  _Atomic bool active;
+  uint32_t *open_flags;         /* bitmap flags as the file had them */
+  bool identity_logged;         /* "file changed behind our back" said */
   _Atomic (struct track_set *) set;
   /* Lock order: quiesce_lock, persist_lock, arm_lock, sync_lock. */
   pthread_mutex_t persist_lock; /* one persist at a time */
@@ -113,8 +122,9 @@ struct tracker {
   int64_t last_persist;         /* time() of the last durable save, or 0 */
 };
 
-/* Number of bitmaps tracked now. */
+/* Number of bitmaps tracked now, and their names ("'a', 'b'", malloc'd). */
 extern size_t tracker_ntracked (struct tracker *tr);
+extern char *tracker_tracked_names (struct tracker *tr);
 
 /* Open (and validate) the file if it exists, take QEMU-compatible locks,
  * apply the in_use policy, add the named bitmap if absent, and rewrite the
@@ -128,10 +138,13 @@ extern size_t tracker_ntracked (struct tracker *tr);
 extern int tracker_open (const struct tracker_config *cfg,
                          struct tracker **trp, struct dbm_err *err);
 
-/* The export size is known: create the file if needed.  A larger export
- * than the file (the disk grew) grows the file and the bitmaps, the new
- * area marked dirty, while other connections keep writing; a smaller one
- * is refused.
+/* A writer is about to be served an export of SIZE bytes: create the
+ * file if needed, or bring an existing one into use (the first change
+ * tracker_open deferred: canonical rewrite, in_use in qemu mode, the
+ * running state).  A larger export than the file (the disk grew) grows
+ * the file and the bitmaps, the new area marked dirty, while other
+ * connections keep writing; a smaller one is refused.  An export of size
+ * 0 needs nothing (nothing can be written to it).
  */
 extern int tracker_set_size (struct tracker *tr, uint64_t size,
                              struct dbm_err *err);
@@ -183,9 +196,14 @@ tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
 {
   const struct track_set *s = atomic_load (&tr->set);
 
+  DBM_TEST_HOOK (DBM_HOOK_NOOP_LOADED);
+  /* The set is loaded again after the bits: if a cut replaced it since,
+   * the bits seen may have been set by a marker after the old bitmap was
+   * saved, so the general path must mark the new set (as mark_slow).
+   */
   return s->nt == 1 &&
     !atomic_load_explicit (&tr->in_use_cleared, memory_order_relaxed) &&
-    tracked_is_noop (&s->t[0], offset, count);
+    tracked_is_noop (&s->t[0], offset, count) && atomic_load (&tr->set) == s;
 }
 
 /* Make the file reflect every bit set before the call began, durably.
@@ -196,9 +214,30 @@ extern int tracker_persist (struct tracker *tr, struct dbm_err *err);
 /* True if a persist would write anything. */
 extern bool tracker_dirty (struct tracker *tr);
 
+/* A client's flush: the bitmap half of "data and bitmap are durable".
+ * qemu mode persists; crash-safe mode has nothing to write.  Both first
+ * check that the file is still the one written (not unlinked, replaced,
+ * truncated or overwritten): if not, -1 with EIO saying what happened,
+ * and the bits stay in memory (tracker_rewrite puts them back on disk).
+ */
+extern int tracker_flush (struct tracker *tr, struct dbm_err *err);
+
+/* Write the whole model again as a new file at the configured path, e.g.
+ * after tracker_flush found the file damaged or gone.
+ */
+extern int tracker_rewrite (struct tracker *tr, struct dbm_err *err);
+
+/* An explicit save ('persist' on the control socket, and the final one):
+ * tracker_persist, after writing the file again if it was damaged or
+ * lost behind our back.
+ */
+extern int tracker_save (struct tracker *tr, struct dbm_err *err);
+
 /* The server is quitting but may wait for idle clients: persist now and,
  * in qemu mode, clear in_use, so that a later SIGKILL leaves a clean file.
- * Writes that still arrive set in_use again before they are forwarded.
+ * nbdkit answers requests arriving after the quit with ESHUTDOWN, but one
+ * that was already past that check may still reach tracker_mark: it sets
+ * in_use again before it is forwarded.
  */
 extern int tracker_quiesce (struct tracker *tr, struct dbm_err *err);
 

@@ -41,45 +41,63 @@ static bool running;
 static control_handler handler;
 static struct client clients[MAX_CLIENTS];
 
+/* PATH must be free, or a socket nobody answers on (left by a run that
+ * was killed); REMOVE_STALE unlinks such a socket.
+ */
+static int
+check_path (const char *path, struct sockaddr_un *addr, bool remove_stale)
+{
+  struct stat st;
+  int fd, r;
+
+  if (strlen (path) >= sizeof addr->sun_path) {
+    nbdkit_error ("bitmap-control: %s: path longer than %zu bytes", path,
+                  sizeof addr->sun_path - 1);
+    return -1;
+  }
+  memcpy (addr->sun_path, path, strlen (path) + 1);
+  if (lstat (path, &st) == -1)
+    return 0;
+  if (!S_ISSOCK (st.st_mode)) {
+    nbdkit_error ("bitmap-control: %s exists and is not a socket", path);
+    return -1;
+  }
+  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1) {
+    nbdkit_error ("bitmap-control: socket: %m");
+    return -1;
+  }
+  r = connect (fd, (struct sockaddr *) addr, sizeof *addr);
+  close (fd);
+  if (r == 0) {
+    nbdkit_error ("bitmap-control: %s: another process is serving this "
+                  "socket", path);
+    return -1;
+  }
+  if (remove_stale && unlink (path) == -1) {
+    nbdkit_error ("bitmap-control: %s: remove stale socket: %m", path);
+    return -1;
+  }
+  return 0;
+}
+
+int
+control_check (const char *path)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+  return check_path (path, &addr, false);
+}
+
 int
 control_open (const char *path)
 {
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
-  struct stat st;
   mode_t old_mask;
   int fd, r;
 
-  if (strlen (path) >= sizeof addr.sun_path) {
-    nbdkit_error ("bitmap-control: %s: path longer than %zu bytes", path,
-                  sizeof addr.sun_path - 1);
+  if (check_path (path, &addr, true) == -1)
     return -1;
-  }
-  memcpy (addr.sun_path, path, strlen (path) + 1);
-  if (lstat (path, &st) == 0) {
-    if (!S_ISSOCK (st.st_mode)) {
-      nbdkit_error ("bitmap-control: %s exists and is not a socket", path);
-      return -1;
-    }
-    /* A socket someone still answers on is theirs; a dead one is ours
-     * from a run that did not clean up (kill -9).
-     */
-    fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1) {
-      nbdkit_error ("bitmap-control: socket: %m");
-      return -1;
-    }
-    r = connect (fd, (struct sockaddr *) &addr, sizeof addr);
-    close (fd);
-    if (r == 0) {
-      nbdkit_error ("bitmap-control: %s: another process is serving this "
-                    "socket", path);
-      return -1;
-    }
-    if (unlink (path) == -1) {
-      nbdkit_error ("bitmap-control: %s: remove stale socket: %m", path);
-      return -1;
-    }
-  }
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd == -1) {
     nbdkit_error ("bitmap-control: socket: %m");

@@ -10,8 +10,14 @@
 /* Returns the reply (malloc'd, no newline), or NULL for "out of memory". */
 typedef char *(*control_handler) (const char *line);
 
-/* Before fork: refuse PATH if it exists and is not a stale socket, then
- * bind and listen (mode 0600).  0, or -1 after nbdkit_error.
+/* At start (get_ready): refuse PATH if it exists and is not a stale
+ * socket, creating nothing, so that a start failing later leaves no
+ * socket behind.  0, or -1 after nbdkit_error.
+ */
+extern int control_check (const char *path);
+
+/* Once serving (after_fork): check again, remove a stale socket, bind and
+ * listen (mode 0600).  0, or -1 after nbdkit_error.
  */
 extern int control_open (const char *path);
 

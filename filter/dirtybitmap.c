@@ -12,9 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <syslog.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
@@ -45,23 +49,36 @@ static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_t persist_thread;
 static bool persist_thread_running;
 
+/* nbdkit has no info level (nbdkit_debug needs -v) and nbdkit_error
+ * labels every line "error", so notes are written like nbdkit writes its
+ * messages: to stderr, or to syslog once nbdkit is in the background (it
+ * then points stderr at /dev/null, unless -v).
+ */
 static void
 log_note (const char *fmt, ...)
 {
+  static const char prefix[] = "nbdkit: dirtybitmap: ";
   va_list ap;
   char msg[1024];
+  struct stat st;
 
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
-  /* nbdkit has no info level; notes must reach the user without -v. */
-  nbdkit_error ("dirtybitmap: note: %s", msg);
+  if (fstat (STDERR_FILENO, &st) == 0 && S_ISCHR (st.st_mode) &&
+      st.st_rdev == makedev (1, 3))
+    syslog (LOG_NOTICE, "%s%s", prefix, msg);
+  else
+    fprintf (stderr, "%s%s\n", prefix, msg);
 }
+
+static void restore_quit_handlers (void);
 
 static void
 dirtybitmap_unload (void)
 {
   /* Never write here: unload also runs for --help and --dump-plugin. */
+  restore_quit_handlers ();
   control_stop (false);
   tracker_free (tracker);
   tracker = NULL;
@@ -207,12 +224,15 @@ dirtybitmap_get_ready (int thread_model)
   struct dbm_err err;
 
   verbose = dirtybitmap_debug_verbose;
-  /* The socket first: a start that fails must leave the file untouched. */
-  if (control_path && control_open (control_path) == -1)
+  /* Check everything now, while errors reach the terminal, but create and
+   * write nothing: nbdkit may still fail to start (a port in use), and
+   * then no cleanup runs.  The socket is created in after_fork, the file
+   * is written when the first writer connects.
+   */
+  if (control_path && control_check (control_path) == -1)
     return -1;
   if (tracker_open (&cfg, &tracker, &err) == -1) {
     nbdkit_error ("%s", err.msg);
-    control_stop (true);
     return -1;
   }
   if (dirtybitmap_debug_verbose)
@@ -223,19 +243,35 @@ dirtybitmap_get_ready (int thread_model)
 }
 
 /* The persist thread.  crash-safe mode: the file is always a durable
- * superset; a periodic persist shrinks all-ones regions back to exact bits,
- * which bounds the over-approximation after a crash.  Both modes: when
- * nbdkit is told to quit it waits for idle clients to leave before
- * .cleanup runs, and may be SIGKILLed meanwhile (systemd); so save at once
- * (in qemu mode also clearing in_use) when the signal arrives.
+ * superset; a periodic persist shrinks all-ones regions back to exact
+ * bits, which bounds the over-approximation after a crash.
+ *
+ * At quit: nbdkit waits for idle clients to leave before .cleanup runs,
+ * and may be SIGKILLed meanwhile (systemd's stop timeout).  In qemu mode
+ * the bitmap would then stay in_use and the next backup be a full one;
+ * so at the quit signal the thread saves and clears in_use at once
+ * (tracker_quiesce; in crash-safe mode it only persists).  That is all the
+ * signal is needed for.  nbdkit has no quit callback and its public
+ * nbdkit_nanosleep reports the quit as an error line, so we chain onto its
+ * handlers: set_up_signals runs before after_fork in every serving mode
+ * (1.32 and 1.45 server/main.c start_serving), so after_fork installs
+ * ours over them.  Ours calls nbdkit's first, then wakes the thread.
+ *
+ * Unloading: nbdkit dlcloses filters at exit, while a repeated quit signal
+ * may still arrive.  So the filter's code is pinned in memory (dlopen with
+ * RTLD_NODELETE: a handler never jumps into unmapped code), .unload puts
+ * nbdkit's handlers back, and the handler ignores a closed pipe.
  */
 static int quit_pipe[2] = { -1, -1 };
+static volatile sig_atomic_t quit_wfd = -1;     /* what the handler uses */
+static const int quit_sigs[] = { SIGINT, SIGQUIT, SIGTERM, SIGHUP };
 static struct sigaction old_actions[NSIG];
+static bool handlers_installed;
 
 static void
 on_quit_signal (int sig, siginfo_t *info, void *ctx)
 {
-  int saved = errno;
+  int saved = errno, fd = quit_wfd;
   const struct sigaction *old = &old_actions[sig];
 
   /* nbdkit's own handler first: it sets quit and wakes its threads. */
@@ -245,32 +281,51 @@ on_quit_signal (int sig, siginfo_t *info, void *ctx)
   }
   else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN)
     old->sa_handler (sig);
-  if (quit_pipe[1] >= 0 && write (quit_pipe[1], "q", 1) == -1) {
+  if (fd >= 0 && write (fd, "q", 1) == -1) {
     /* nothing to do: the pipe is full, so a wake-up is pending anyway */
   }
   errno = saved;
 }
 
-/* nbdkit installs its quit handlers after after_fork; chain onto them at
- * the first connection.
- */
+/* Keep this DSO mapped until the process exits (see above). */
+static void
+pin_filter_code (void)
+{
+  Dl_info info;
+
+  if (dladdr ((void *) on_quit_signal, &info) == 0 || info.dli_fname == NULL ||
+      dlopen (info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+    nbdkit_debug ("dirtybitmap: cannot pin the filter in memory: %s",
+                  dlerror () ? dlerror () : "dladdr failed");
+}
+
 static void
 chain_quit_handlers (void)
 {
-  static const int sigs[] = { SIGINT, SIGQUIT, SIGTERM, SIGHUP };
-  static bool done;
   struct sigaction sa;
   size_t i;
 
-  if (done || quit_pipe[1] < 0)
-    return;
-  done = true;
+  pin_filter_code ();
   memset (&sa, 0, sizeof sa);
   sa.sa_sigaction = on_quit_signal;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigfillset (&sa.sa_mask);
-  for (i = 0; i < sizeof sigs / sizeof sigs[0]; ++i)
-    sigaction (sigs[i], &sa, &old_actions[sigs[i]]);
+  for (i = 0; i < sizeof quit_sigs / sizeof quit_sigs[0]; ++i)
+    sigaction (quit_sigs[i], &sa, &old_actions[quit_sigs[i]]);
+  handlers_installed = true;
+}
+
+static void
+restore_quit_handlers (void)
+{
+  size_t i;
+
+  quit_wfd = -1;
+  if (!handlers_installed)
+    return;
+  for (i = 0; i < sizeof quit_sigs / sizeof quit_sigs[0]; ++i)
+    sigaction (quit_sigs[i], &old_actions[quit_sigs[i]], NULL);
+  handlers_installed = false;
 }
 
 static void *
@@ -279,7 +334,7 @@ persist_loop (void *arg)
   struct dbm_err err;
   struct pollfd pfd = { .fd = quit_pipe[0], .events = POLLIN };
   int timeout = mode == TRACKER_CRASH_SAFE ? (int) persist_interval * 1000 : -1;
-  char c;
+  char c, last_error[sizeof err.msg] = "";
 
   for (;;) {
     int r = poll (&pfd, 1, timeout);
@@ -299,8 +354,14 @@ persist_loop (void *arg)
     if (r == 0) {
       /* size_lock: the first connection may be creating the file. */
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
-      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1)
-        nbdkit_error ("%s", err.msg);
+      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1) {
+        /* Once per distinct failure, not every interval. */
+        if (strcmp (err.msg, last_error) != 0)
+          nbdkit_error ("%s", err.msg);
+        snprintf (last_error, sizeof last_error, "%s", err.msg);
+      }
+      else
+        last_error[0] = '\0';
     }
   }
   return NULL;
@@ -334,7 +395,7 @@ control_command (const char *line)
       return out;
   }
   else if (strcmp (cmd, "persist") == 0 && !arg1)
-    r = tracker_persist (tracker, &err);
+    r = tracker_save (tracker, &err);
   else if (strcmp (cmd, "checkpoint") == 0 && arg1 && !extra) {
     if (strlen (arg1) > BME_MAX_NAME_SIZE)
       dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..1023 bytes");
@@ -373,23 +434,55 @@ dirtybitmap_after_fork (nbdkit_backend *backend)
     return -1;
   }
   persist_thread_running = true;
-  return control_start (control_command);
+  quit_wfd = quit_pipe[1];
+  chain_quit_handlers ();
+  if (control_path && control_open (control_path) == -1)
+    return -1;
+  return control_path ? control_start (control_command) : 0;
+}
+
+/* A failed final save must not look like a clean exit: nbdkit's main
+ * returns 0 after .cleanup and .unload whatever they found, so an exit
+ * handler (this DSO is pinned, so it runs at process exit, after all of
+ * nbdkit's own teardown) turns that into status 1.  With --run nbdkit
+ * reports the command's status instead, and the error line is the signal.
+ */
+static void
+exit_failure (void)
+{
+  fflush (NULL);
+  _exit (EXIT_FAILURE);
 }
 
 static void
 dirtybitmap_cleanup (nbdkit_backend *backend)
 {
+  CLEANUP_FREE char *names = NULL;
   struct dbm_err err;
 
   control_stop (true);
+  quit_wfd = -1;
   if (persist_thread_running) {
     while (write (quit_pipe[1], "s", 1) == -1 && errno == EINTR)
       ;
     pthread_join (persist_thread, NULL);
     persist_thread_running = false;
   }
-  if (tracker && tracker_close (tracker, &err) == -1)
+  if (tracker == NULL)
+    return;
+  names = tracker_tracked_names (tracker);
+  if (tracker_close (tracker, &err) == -1) {
     nbdkit_error ("%s", err.msg);
+    nbdkit_error ("dirtybitmap: the final save of %s failed: bitmap %s %s; "
+                  "nbdkit exits with status 1", bitmap_file,
+                  names ? names : "(unknown)",
+                  mode == TRACKER_QEMU
+                  ? "is left in_use, so the next start marks it entirely "
+                    "dirty (the next backup is a full one)"
+                  : "still covers every write (crash-safe), but regions "
+                    "pre-marked since the last persist stay all-ones");
+    atexit (exit_failure);
+  }
   tracker = NULL;
 }
 
@@ -404,9 +497,15 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
   struct dbm_err err;
-  int64_t size = next->get_size (next);
+  int64_t size;
 
-  chain_quit_handlers ();
+  /* Nothing can be written through this connection (nbdkit -r, or a
+   * client that asked for read-only): it needs no bitmap, and must not
+   * create or change the file.
+   */
+  if (readonly)
+    return 0;
+  size = next->get_size (next);
   if (size == -1)
     return -1;
   if (tracker_set_size (tracker, size, &err) == -1) {
@@ -416,17 +515,8 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
-/* Always advertise flush: a flush is how a client makes the bitmap durable. */
-static int
-dirtybitmap_can_flush (nbdkit_next *next, void *handle)
-{
-  if (next->can_flush (next) == -1)
-    return -1;
-  return 1;
-}
-
-/* In crash-safe mode the file is always a durable superset, so only qemu
- * mode writes on flush.
+/* A FUA write is durable in data and bitmap.  In crash-safe mode the
+ * file is always a durable superset, so only qemu mode writes here.
  */
 static int
 save (int *err)
@@ -443,18 +533,25 @@ save (int *err)
   return 0;
 }
 
+/* can_flush is the plugin's (nbdkit's default for a filter): a flush
+ * reply promises data and bitmap durable, and only a plugin that can
+ * flush can make the data so.  Without it the bitmap is saved by the
+ * periodic persist and at shutdown, and clients are told honestly that
+ * flush is not available.
+ */
 static int
 dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
 {
-  int r = next->can_flush (next);
+  struct dbm_err e;
 
-  if (r == -1) {
+  if (next->flush (next, 0, err) == -1)
+    return -1;
+  if (tracker_flush (tracker, &e) == -1) {
+    nbdkit_error ("%s", e.msg);
     *err = EIO;
     return -1;
   }
-  if (r == 1 && next->flush (next, 0, err) == -1)
-    return -1;
-  return save (err);
+  return 0;
 }
 
 static inline int
@@ -550,7 +647,6 @@ static struct nbdkit_filter filter = {
   .after_fork        = dirtybitmap_after_fork,
   .cleanup           = dirtybitmap_cleanup,
   .prepare           = dirtybitmap_prepare,
-  .can_flush         = dirtybitmap_can_flush,
   .flush             = dirtybitmap_flush,
   .pwrite            = dirtybitmap_pwrite,
   .zero              = dirtybitmap_zero,

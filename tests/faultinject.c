@@ -7,10 +7,15 @@
  *   FAULT_ERRNO   ENOSPC (default) or EIO
  *   FAULT_STICKY  1: every call from the N-th on fails (a full disk)
  *   FAULT_COUNT   file to which the number of calls seen is written at exit
+ *   FAULT_DIR     the bitmap file's directory: its descriptors are watched
+ *                 too (the directory fsync of an atomic rewrite)
  *
  * Watched calls: write, pwrite, pwrite64, fsync, fdatasync, ftruncate,
- * ftruncate64 on descriptors opened (open, openat, mkstemp, ...) on a
- * matching path.
+ * ftruncate64, fchmod, fchown on descriptors opened (open, openat,
+ * mkstemp, mkostemp, ...) on a matching path or on FAULT_DIR; and the
+ * path calls open/openat of an existing matching file for writing,
+ * mkstemp/mkostemp of a matching template, rename, renameat2 and link
+ * to or from a matching path.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -22,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -32,6 +38,7 @@ static long fail_at;
 static int fail_errno = ENOSPC;
 static bool sticky;
 static const char *prefix;
+static const char *dir;
 
 static void __attribute__ ((constructor))
 init (void)
@@ -39,6 +46,7 @@ init (void)
   const char *s;
 
   prefix = getenv ("FAULT_PREFIX");
+  dir = getenv ("FAULT_DIR");
   if ((s = getenv ("FAULT_N")) != NULL)
     fail_at = atol (s);
   if ((s = getenv ("FAULT_ERRNO")) != NULL && strcmp (s, "EIO") == 0)
@@ -58,28 +66,56 @@ fini (void)
   }
 }
 
+static bool
+matches (const char *path)
+{
+  return prefix && path && strncmp (path, prefix, strlen (prefix)) == 0;
+}
+
 static void
 track (int fd, const char *path)
 {
   if (fd >= 0 && fd < MAXFD)
-    atomic_store (&watched[fd],
-                  prefix && path && strncmp (path, prefix, strlen (prefix)) == 0);
+    atomic_store (&watched[fd], matches (path) ||
+                  (dir && path && strcmp (path, dir) == 0));
 }
 
-/* True if this call must fail (errno set). */
+/* One more watched call: true if it must fail (errno set). */
 static bool
-inject (int fd)
+count_and_fail (void)
 {
-  long n;
+  long n = atomic_fetch_add (&calls, 1) + 1;
 
-  if (fd < 0 || fd >= MAXFD || !atomic_load (&watched[fd]))
-    return false;
-  n = atomic_fetch_add (&calls, 1) + 1;
   if (fail_at > 0 && (n == fail_at || (sticky && n > fail_at))) {
     errno = fail_errno;
     return true;
   }
   return false;
+}
+
+static bool
+inject (int fd)
+{
+  if (fd < 0 || fd >= MAXFD || !atomic_load (&watched[fd]))
+    return false;
+  return count_and_fail ();
+}
+
+/* A path call on a matching name (the bitmap file or its temporaries). */
+static bool
+inject_path (const char *a, const char *b)
+{
+  if (!matches (a) && !matches (b))
+    return false;
+  return count_and_fail ();
+}
+
+/* Opening the bitmap file itself for writing (not creating it). */
+static bool
+inject_open (const char *path, int flags)
+{
+  return (flags & O_ACCMODE) != O_RDONLY && !(flags & O_CREAT) &&
+    inject_path (path, NULL);
 }
 
 #define REAL(ret, name, args) \
@@ -95,6 +131,7 @@ open (const char *path, int flags, ...)
   if (flags & (O_CREAT | O_TMPFILE)) {
     va_list ap; va_start (ap, flags); mode = va_arg (ap, int); va_end (ap);
   }
+  if (inject_open (path, flags)) return -1;
   fd = real_open (path, flags, mode);
   track (fd, path);
   return fd;
@@ -109,6 +146,7 @@ open64 (const char *path, int flags, ...)
   if (flags & (O_CREAT | O_TMPFILE)) {
     va_list ap; va_start (ap, flags); mode = va_arg (ap, int); va_end (ap);
   }
+  if (inject_open (path, flags)) return -1;
   fd = real_open64 (path, flags, mode);
   track (fd, path);
   return fd;
@@ -123,6 +161,7 @@ openat (int dirfd, const char *path, int flags, ...)
   if (flags & (O_CREAT | O_TMPFILE)) {
     va_list ap; va_start (ap, flags); mode = va_arg (ap, int); va_end (ap);
   }
+  if (inject_open (path, flags)) return -1;
   fd = real_openat (dirfd, path, flags, mode);
   track (fd, path);
   return fd;
@@ -132,9 +171,73 @@ int
 mkstemp (char *tmpl)
 {
   REAL (int, mkstemp, (char *));
-  int fd = real_mkstemp (tmpl);
+  int fd;
+  if (inject_path (tmpl, NULL)) return -1;
+  fd = real_mkstemp (tmpl);
   track (fd, tmpl);
   return fd;
+}
+
+int
+mkostemp (char *tmpl, int flags)
+{
+  REAL (int, mkostemp, (char *, int));
+  int fd;
+  if (inject_path (tmpl, NULL)) return -1;
+  fd = real_mkostemp (tmpl, flags);
+  track (fd, tmpl);
+  return fd;
+}
+
+int
+mkostemp64 (char *tmpl, int flags)
+{
+  REAL (int, mkostemp64, (char *, int));
+  int fd;
+  if (inject_path (tmpl, NULL)) return -1;
+  fd = real_mkostemp64 (tmpl, flags);
+  track (fd, tmpl);
+  return fd;
+}
+
+int
+rename (const char *from, const char *to)
+{
+  REAL (int, rename, (const char *, const char *));
+  if (inject_path (from, to)) return -1;
+  return real_rename (from, to);
+}
+
+int
+renameat2 (int fd1, const char *from, int fd2, const char *to, unsigned flags)
+{
+  REAL (int, renameat2, (int, const char *, int, const char *, unsigned));
+  if (inject_path (from, to)) return -1;
+  return real_renameat2 (fd1, from, fd2, to, flags);
+}
+
+int
+link (const char *from, const char *to)
+{
+  REAL (int, link, (const char *, const char *));
+  if (inject_path (from, to)) return -1;
+  return real_link (from, to);
+}
+
+int
+fchmod (int fd, mode_t mode)
+{
+  REAL (int, fchmod, (int, mode_t));
+  if (inject (fd)) return -1;
+  return real_fchmod (fd, mode);
+}
+
+int
+fchown (int fd, uid_t uid, gid_t gid)
+{
+  REAL (int, fchown, (int, uid_t, gid_t));
+  if (inject (fd)) return -1;
+  return real_fchown (fd, uid, gid);
 }
 
 int

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Proves the QEMU-compatible lifecycle: in qemu mode the tracked bitmap is
-# in_use on disk while running and clean after SIGTERM; after kill -9 the
+# in_use on disk while serving and clean after SIGTERM; nothing on disk
+# changes before the first client connects (a start that fails, or a
+# read-only server killed with -9, leaves the file and no control socket
+# behind); repeated quit signals during shutdown never crash nbdkit (the
+# filter is unloaded safely); after kill -9 the
 # file still passes qemu-img check, qemu-img info shows in-use, and the
 # next start applies the policy (default: mark entirely dirty, with a log
 # line; bitmap-in-use=refuse refuses).  In crash-safe mode kill -9 leaves a
@@ -20,10 +24,79 @@ start_nbdkit pid1 $PWD/s1.sock memory $size bitmap-file=$f bitmap-mode=qemu
 nbdsh -u "nbd+unix:///?socket=$PWD/s1.sock" -c 'h.pwrite(b"x" * 4096, 1 << 20)'
 qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use while running"
 kill_nbdkit "$(cat pid1)"
-# An existing file is in_use from start-up, before any client.
-start_nbdkit pid1b $PWD/s1b.sock memory $size bitmap-file=$f bitmap-mode=qemu
-qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use at start-up"
+# An existing file is left as it is until the first client connects; that
+# client is served only once in_use is durable.
+sum=$(md5sum < $f)
+start_nbdkit pid1b $PWD/s1b.sock memory $size bitmap-file=$f bitmap-mode=qemu \
+    bitmap-control=$PWD/c1b.sock
+[ "$(md5sum < $f)" = "$sum" ] || fail "the file changed before any client connected"
+nbdsh -u "nbd+unix:///?socket=$PWD/s1b.sock" -c 'assert h.get_size() > 0'
+qemu-img info -U --output=json $f | grep -q '"in-use"' || fail "not in_use once a client connected"
 kill_nbdkit "$(cat pid1b)"
+[ ! -e c1b.sock ] || fail "control socket left after a clean stop"
+
+# A start that fails after the filter is ready (the Unix socket path is
+# taken by a directory, so nbdkit cannot bind it) changes nothing on disk
+# and leaves no control socket.
+mkdir taken.sock
+sum=$(md5sum < $f)
+set +e
+"$NBDKIT" -U $PWD/taken.sock --filter="$FILTER" memory $size bitmap-file=$f \
+    bitmap-mode=qemu bitmap-control=$PWD/c2.sock 2> err; rc=$?
+set -e
+[ $rc -ne 0 ] || fail "nbdkit started on a taken socket path"
+[ "$(md5sum < $f)" = "$sum" ] || fail "a failed start changed the file"
+qemu-img info --output=json $f | grep -q '"in-use"' && fail "a failed start left in_use"
+[ ! -e c2.sock ] || fail "a failed start left the control socket"
+# The same with a TCP port already in use.
+/usr/bin/python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+open("port", "w").write(str(s.getsockname()[1])); sys.stdout.flush()
+time.sleep(30)' &
+holder=$!
+cleanup_fn "kill $holder 2>/dev/null"
+for i in $(seq 50); do [ -s port ] && break; sleep 0.1; done
+set +e
+"$NBDKIT" -i 127.0.0.1 -p "$(cat port)" --filter="$FILTER" memory $size \
+    bitmap-file=$f bitmap-mode=qemu bitmap-control=$PWD/c3.sock 2> err; rc=$?
+set -e
+kill $holder 2>/dev/null || true
+[ $rc -ne 0 ] || fail "nbdkit started on a port in use"
+[ "$(md5sum < $f)" = "$sum" ] || { cat err; fail "a failed start (port in use) changed the file"; }
+[ ! -e c3.sock ] || fail "a failed start (port in use) left the control socket"
+
+# A read-only server (nbdkit -r) never touches the file, even if killed.
+start_nbdkit pidro $PWD/sro.sock -r memory $size bitmap-file=$f bitmap-mode=qemu
+nbdsh -u "nbd+unix:///?socket=$PWD/sro.sock" -c '
+h.pread(512, 0)
+try:
+    h.pwrite(b"x", 0)
+    raise SystemExit("a write succeeded on a read-only server")
+except nbd.Error:
+    pass'
+kill -9 "$(cat pidro)"; sleep 0.3
+[ "$(md5sum < $f)" = "$sum" ] || fail "a read-only server changed the file"
+
+# Repeated quit signals while nbdkit shuts down and unloads the filter
+# never crash it (the handler chained onto nbdkit's stays mapped and is
+# removed at unload).
+for i in $(seq 10); do
+    "$NBDKIT" -f -U $PWD/sq$i.sock --filter="$FILTER" memory $size \
+        bitmap-file=$PWD/q$i.qcow2 bitmap-mode=qemu &
+    p=$!
+    cleanup_fn "kill -9 $p 2>/dev/null"
+    for (( j=0; j<100; j++ )); do [ -S sq$i.sock ] && break; sleep 0.05; done
+    nbdsh -u "nbd+unix:///?socket=$PWD/sq$i.sock" -c 'h.pwrite(b"x" * 512, 0)'
+    ( while kill -TERM $p 2>/dev/null; do :; done ) &
+    spammer=$!
+    set +e; wait $p; rc=$?; set -e
+    kill $spammer 2>/dev/null; wait $spammer 2>/dev/null || true
+    [ $rc -eq 0 ] || fail "round $i: nbdkit exited with status $rc under repeated SIGTERM"
+    qemu_check $PWD/q$i.qcow2
+    qemu-img info --output=json $PWD/q$i.qcow2 | grep -q '"in-use"' &&
+        fail "round $i: in_use left after SIGTERM"
+done
 qemu_check $f
 qemu-img info --output=json $f | grep -q '"in-use"' && fail "in_use after SIGTERM"
 [ "$(map_ours $f dirtybitmap)" = "1048576 65536" ] || fail "bits after SIGTERM"
@@ -67,8 +140,9 @@ set -e
 grep -q "bitmap 'dirtybitmap' is in use or inconsistent" err || { cat err; fail "refuse message"; }
 qemu-img info --output=json $f | grep -q '"in-use"' || fail "refusal modified the file"
 "$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$f bitmap-mode=qemu \
-    --run true 2> err
+    --run 'nbdsh -u "$uri" -c pass' 2> err
 grep -q "was in use (unclean shutdown): marked entirely dirty" err || { cat err; fail "policy log line"; }
+grep -q "error" err && { cat err; fail "an informational message is labelled error"; }
 [ "$(map_ours $f dirtybitmap)" = "0 $size" ] || fail "not entirely dirty after crash"
 qemu_check $f
 
@@ -113,10 +187,10 @@ qemu_check $g
 # A file already in our layout is updated in place at start (same inode);
 # one QEMU rewrote is rewritten into it.
 ino=$(stat -c %i $g)
-"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run 'nbdsh -u "$uri" -c pass'
 [ "$(stat -c %i $g)" = "$ino" ] || fail "restart rewrote a canonical file"
 qemu-img bitmap --add $g extra
-"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run 'nbdsh -u "$uri" -c pass'
 [ "$(stat -c %i $g)" != "$ino" ] || fail "a QEMU-rewritten file was not rewritten"
 qemu_check $g
 "$DIRTYBITMAP" remove $g extra

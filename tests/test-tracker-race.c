@@ -1,0 +1,250 @@
+/* Proves two orderings of the tracker that ordinary stress rarely hits,
+ * by pausing threads at the test-only hooks (common/test-hooks.h):
+ *
+ * 1. A write whose range a cut (checkpoint) moved to a new set is never
+ *    forwarded on the strength of bits another marker set in the old set
+ *    after the old bitmap was saved: when the fast-path check (inline, or
+ *    inside tracker_mark) says "nothing to do", the range is recorded, and
+ *    in crash-safe mode armed, in the current set.
+ * 2. A bit flipped while a crash-safe persist scans keeps the tracker
+ *    dirty, so the next periodic persist shrinks its all-ones region: with
+ *    no more writes, two persists leave the file equal to memory.
+ */
+#include <config.h>
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tracker.h"
+#include "test-unit.h"
+
+static char dir[] = "/tmp/test-tracker-race.XXXXXX";
+static char path[256];
+
+#define SIZE (UINT64_C (1) << 30)
+#define G 65536
+#define REGION (4 << 20)
+
+/* Which thread stops where: each role waits at one hook. */
+enum role { NONE, WRITER, MARKER, PERSISTER };
+static _Thread_local enum role role;
+static sem_t at_hook[4], go[4];
+static enum dbm_hook stop_at[4];
+static _Atomic bool armed_hook[4];
+
+void
+dbm_test_hook (enum dbm_hook point)
+{
+  if (role == NONE || point != stop_at[role] ||
+      !atomic_exchange (&armed_hook[role], false))
+    return;
+  sem_post (&at_hook[role]);
+  sem_wait (&go[role]);
+}
+
+static void
+plan (enum role r, enum dbm_hook point)
+{
+  stop_at[r] = point;
+  atomic_store (&armed_hook[r], true);
+}
+
+static struct tracker *
+open_tracker (enum tracker_mode mode)
+{
+  struct tracker_config cfg = {
+    .path = path, .layout = QCOW2_LAYOUT_QEMU, .bitmap_name = "b",
+    .granularity_bits = 16, .mode = mode, .in_use_policy = IN_USE_DIRTY,
+    .region_size = REGION,
+  };
+  struct dbm_err err;
+  struct tracker *t;
+
+  unlink (path);
+  if (tracker_open (&cfg, &t, &err) == -1 ||
+      tracker_set_size (t, SIZE, &err) == -1) {
+    fprintf (stderr, "tracker: %s\n", err.msg);
+    exit (1);
+  }
+  return t;
+}
+
+static struct tracker *tr;
+static uint64_t target;         /* the write both threads care about */
+static bool use_inline;
+static _Atomic bool writer_noop;
+
+static void *
+writer (void *arg)
+{
+  role = WRITER;
+  if (use_inline)
+    atomic_store (&writer_noop, tracker_mark_is_noop (tr, target, 512));
+  else {
+    /* tracker_mark returns 0 from its own check, or marks: either way
+     * the range must be recorded in the current set when it returns.
+     */
+    CHECK (tracker_mark (tr, target, 512) == 0);
+    atomic_store (&writer_noop, true);
+  }
+  return NULL;
+}
+
+static void *
+marker (void *arg)
+{
+  role = MARKER;
+  CHECK (tracker_mark (tr, target, 512) == 0);
+  return NULL;
+}
+
+/* Is TARGET recorded (bit set and, crash-safe, region armed) in the
+ * current set's newest bitmap?
+ */
+static bool
+recorded_in_current (void)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+  const struct tracked *t = &s->t[s->nt - 1];
+  return tracked_is_noop (t, target, 512);
+}
+
+static void
+test_stale_set (enum tracker_mode mode, bool inl)
+{
+  pthread_t w, m;
+  struct dbm_err err;
+
+  tr = open_tracker (mode);
+  use_inline = inl;
+  target = 7 * (uint64_t) REGION + 3 * G;
+  /* The region is armed in the old set (a neighbour granule written). */
+  CHECK (tracker_mark (tr, target + G, 512) == 0);
+
+  /* The marker loads the old set and stops before marking. */
+  plan (MARKER, DBM_HOOK_MARK_LOADED);
+  pthread_create (&m, NULL, marker, NULL);
+  sem_wait (&at_hook[MARKER]);
+  /* The writer loads the old set and stops before checking its bits. */
+  plan (WRITER, inl ? DBM_HOOK_NOOP_LOADED : DBM_HOOK_MARK_LOADED);
+  pthread_create (&w, NULL, writer, NULL);
+  sem_wait (&at_hook[WRITER]);
+  /* The cut: the old bitmap is saved without TARGET. */
+  CHECK (tracker_checkpoint (tr, "cut", 16, &err) == 0);
+  /* The marker sets TARGET's bit in the old set, then stops before it
+   * re-reads the set (where it would mark the new one).
+   */
+  plan (MARKER, DBM_HOOK_MARK_MARKED);
+  sem_post (&go[MARKER]);
+  sem_wait (&at_hook[MARKER]);
+  /* Now the writer checks: it must not see "nothing to do" unless the
+   * range is recorded in the current set.
+   */
+  sem_post (&go[WRITER]);
+  pthread_join (w, NULL);
+  if (atomic_load (&writer_noop) && !recorded_in_current ()) {
+    fprintf (stderr, "%s mode, %s check: a write moved past the cut was "
+             "found 'nothing to do' on bits set after the old bitmap was "
+             "saved\n", mode == TRACKER_QEMU ? "qemu" : "crash-safe",
+             inl ? "inline" : "tracker_mark's");
+    CHECK (!"stale set used by the fast path");
+  }
+  if (inl && !atomic_load (&writer_noop))
+    CHECK (tracker_mark (tr, target, 512) == 0);   /* the general path */
+  CHECK (recorded_in_current ());
+  sem_post (&go[MARKER]);
+  pthread_join (m, NULL);
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
+static void *
+persister (void *arg)
+{
+  struct dbm_err err;
+
+  role = PERSISTER;
+  CHECK (tracker_persist (tr, &err) == 0);
+  return NULL;
+}
+
+/* The file's bitmap equals memory exactly (no all-ones region left). */
+static bool
+file_exact (void)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  const struct track_set *s = atomic_load (&tr->set);
+  const struct bitmap *mem = s->t[0].st->bits;
+  uint64_t i;
+  bool ok = true;
+
+  if (qcow2_open (path, 0, &img, &err) == -1) {
+    fprintf (stderr, "%s\n", err.msg);
+    return false;
+  }
+  ok = bitmap_count (img->bitmaps[0].bits) == bitmap_count (mem);
+  for (i = bitmap_find (mem, 0, true); ok && i < mem->nbits;
+       i = bitmap_find (mem, i + 1, true))
+    ok = bitmap_test (img->bitmaps[0].bits, i);
+  qcow2_close (img);
+  return ok;
+}
+
+static void
+test_persist_shrinks (void)
+{
+  pthread_t p, m;
+  struct dbm_err err;
+  int k;
+
+  tr = open_tracker (TRACKER_CRASH_SAFE);
+  CHECK (tracker_mark (tr, 1 * (uint64_t) REGION, 512) == 0);
+  /* The persister stops after scanning, arm_lock held; meanwhile a first
+   * write into a fresh region flips its bit (and then waits to arm).
+   */
+  target = 9 * (uint64_t) REGION + 5 * G;
+  plan (PERSISTER, DBM_HOOK_PERSIST_SCANNED);
+  pthread_create (&p, NULL, persister, NULL);
+  sem_wait (&at_hook[PERSISTER]);
+  pthread_create (&m, NULL, marker, NULL);
+  while (!bitmap_test (atomic_load (&tr->set)->t[0].st->bits, target >> 16))
+    usleep (1000);
+  sem_post (&go[PERSISTER]);
+  pthread_join (p, NULL);
+  pthread_join (m, NULL);
+  /* No more writes: what the periodic persist does, twice. */
+  for (k = 0; k < 2; ++k)
+    if (tracker_dirty (tr))
+      CHECK (tracker_persist (tr, &err) == 0);
+  if (!file_exact ()) {
+    fprintf (stderr, "a region armed during a persist stayed all-ones: "
+             "tracker_dirty said there was nothing to do\n");
+    CHECK (!"periodic persist stopped shrinking");
+  }
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
+int
+main (void)
+{
+  int i;
+
+  for (i = 0; i < 4; ++i) {
+    sem_init (&at_hook[i], 0, 0);
+    sem_init (&go[i], 0, 0);
+  }
+  if (mkdtemp (dir) == NULL)
+    return 1;
+  snprintf (path, sizeof path, "%s/bm.qcow2", dir);
+  test_stale_set (TRACKER_CRASH_SAFE, true);
+  test_stale_set (TRACKER_CRASH_SAFE, false);
+  test_stale_set (TRACKER_QEMU, true);
+  test_stale_set (TRACKER_QEMU, false);
+  test_persist_shrinks ();
+  unlink (path);
+  rmdir (dir);
+  TEST_DONE ();
+}
