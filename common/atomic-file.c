@@ -84,7 +84,12 @@ atomic_file_begin (const char *user_path, unsigned flags,
                 (uintmax_t) st.st_nlink);
     goto fail;
   }
-  mode = exists ? st.st_mode & 07777 : 0666 & ~current_umask ();
+  if (exists)
+    mode = st.st_mode & 07777;
+  else if (flags & ATOMIC_FILE_PRIVATE)
+    mode = 0600;
+  else
+    mode = 0666 & ~current_umask ();
 
   if (asprintf (&af->tmp, "%s" ATOMIC_FILE_SUFFIX "XXXXXX", af->path) == -1) {
     af->tmp = NULL;

@@ -10,8 +10,8 @@
  *
  * A replaced file keeps its mode, owner and group; a file with several
  * hard links is refused (a rename would split them); a new file gets
- * 0666 less the umask, as open(2) would give it.  Every descriptor is
- * O_CLOEXEC.
+ * 0666 less the umask, as open(2) would give it (or 0600, see
+ * ATOMIC_FILE_PRIVATE).  Every descriptor is O_CLOEXEC.
  */
 #ifndef DBM_ATOMIC_FILE_H
 #define DBM_ATOMIC_FILE_H
@@ -25,6 +25,11 @@
 #define ATOMIC_FILE_SUFFIX_LEN 10
 
 #define ATOMIC_FILE_NOREPLACE 1      /* fail with EEXIST if PATH exists */
+/* A new file gets 0600 instead of 0666 less the umask: for a process
+ * whose umask says nothing about the user's wishes (nbdkit sets 0022
+ * before it loads filters).
+ */
+#define ATOMIC_FILE_PRIVATE 2
 
 #define ATOMIC_FILE_COMMITTED_NOT_DURABLE 1
 

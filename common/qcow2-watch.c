@@ -47,12 +47,14 @@ qcow2_check_identity (struct qcow2_image *img, const char *path,
     return 0;
   if (fstat (img->fd, &fst) == -1)
     return dbm_seterr (err, errno, "%s: fstat: %m", path);
-  if (fst.st_nlink == 0)
-    return dbm_seterr (err, EIO, "%s: the bitmap file was deleted while "
-                       "nbdkit was using it", path);
-  if (stat (path, &pst) == -1)
-    return dbm_seterr (err, EIO, "%s: the bitmap file was renamed or "
-                       "removed while nbdkit was using it: %m", path);
+  if (stat (path, &pst) == -1) {
+    if (errno != ENOENT)
+      return dbm_seterr (err, EIO, "%s: cannot check the bitmap file: %m",
+                         path);
+    return dbm_seterr (err, EIO, "%s: the bitmap file was %s while nbdkit "
+                       "was using it", path, fst.st_nlink == 0
+                       ? "deleted" : "renamed away");
+  }
   if (pst.st_dev != img->id_dev || pst.st_ino != img->id_ino)
     return dbm_seterr (err, EIO, "%s: the bitmap file was replaced by "
                        "another file while nbdkit was using it", path);

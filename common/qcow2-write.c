@@ -29,6 +29,10 @@
 #include "qcow2.h"
 #include "qcow2-internal.h"
 
+_Static_assert (QCOW2_COMMIT_NOREPLACE == ATOMIC_FILE_NOREPLACE &&
+                QCOW2_COMMIT_PRIVATE == ATOMIC_FILE_PRIVATE,
+                "qcow2_commit passes its flags to atomic_file_begin");
+
 int
 qcow2_pwrite_full (int fd, const void *buf, size_t len, uint64_t off)
 {

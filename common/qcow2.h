@@ -229,6 +229,7 @@ extern void qcow2_remove_bitmap (struct qcow2_image *img, int i);
  * mode, owner and hard links.
  */
 #define QCOW2_COMMIT_NOREPLACE 1 /* ATOMIC_FILE_NOREPLACE: never overwrite */
+#define QCOW2_COMMIT_PRIVATE 2   /* ATOMIC_FILE_PRIVATE: a new file is 0600 */
 extern int qcow2_commit (struct qcow2_image *img, const char *path,
                          unsigned flags,
                          int (*lock_fd_cb) (int fd, struct dbm_err *err),

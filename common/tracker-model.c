@@ -163,7 +163,8 @@ tracker_checkpoint (struct tracker *tr, const char *name,
    * new file holds it: arming needs arm_lock, which we hold.
    */
   atomic_store (&tr->set, both);
-  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                     qemu_lock_new_file, err);
   if (r == -1) {
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
@@ -272,7 +273,8 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
       goto rollback;
     }
   }
-  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                     qemu_lock_new_file, err);
   if (r == -1)
     goto rollback;
   retire (before);
@@ -332,7 +334,8 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
   qcow2_remove_bitmap (img2, i);
   disarm_all (s);
-  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                     qemu_lock_new_file, err);
   if (r == -1) {
     undo (tr, img2);
     return -1;
@@ -359,7 +362,8 @@ tracker_rewrite (struct tracker *tr, struct dbm_err *err)
   if (img2 == NULL)
     return -1;
   disarm_all (s);
-  r = qcow2_commit (img2, tr->cfg.path, 0, qemu_lock_new_file, err);
+  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                     qemu_lock_new_file, err);
   if (r == -1) {
     /* The old file, whatever became of it, keeps its all-ones regions on
      * disk; the next first writes re-arm regions, which is only

@@ -385,7 +385,8 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
   }
   else {
     img->dbm_region_size = region_size;
-    r = qcow2_commit (img, tr->cfg.path, 0, qemu_lock_new_file, err);
+    r = qcow2_commit (img, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                      qemu_lock_new_file, err);
     if (r == -1) {
       tracker_reflag_model (img);
       return -1;

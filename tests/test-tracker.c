@@ -213,6 +213,87 @@ test_qemu_mode (void)
   CHECK (tracker_close (tr, &err) == 0);
 }
 
+/* In use as QEMU sees it: flags of bitmap 0 in the file now. */
+static bool
+file_in_use (void)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  bool r;
+
+  if (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &img, &err) == -1) {
+    fprintf (stderr, "%s\n", err.msg);
+    CHECK (!"file unreadable");
+    return false;
+  }
+  r = (img->bitmaps[0].flags & BME_FLAG_IN_USE) != 0;
+  qcow2_close (img);
+  return r;
+}
+
+/* qemu mode at the quit signal: tracker_quiesce saves and clears in_use;
+ * a write that still reaches the tracker (one already past nbdkit's quit
+ * check) sets in_use again, durably, before it returns; one that flips no
+ * bit needs nothing.
+ */
+static void
+test_quiesce (void)
+{
+  struct dbm_err err;
+
+  unlink (path);
+  tr = open_tracker (TRACKER_QEMU);
+  CHECK (tracker_mark (tr, 0, 512) == 0);
+  CHECK (file_in_use ());
+  CHECK (tracker_quiesce (tr, &err) == 0);
+  CHECK (!file_in_use ());
+  CHECK (tracker_mark (tr, 65536 * 9, 512) == 0);
+  CHECK (file_in_use ());
+  CHECK (tracker_close (tr, &err) == 0);
+  CHECK (!file_in_use ());
+}
+
+/* An existing file is not written until the first writer: open and close
+ * without tracker_set_size leave every byte as it was, in both modes,
+ * even for a file that needs a rewrite or an in_use policy.
+ */
+static void
+test_deferred (void)
+{
+  enum tracker_mode modes[] = { TRACKER_QEMU, TRACKER_CRASH_SAFE };
+  struct tracker_config cfg = {
+    .path = path, .layout = QCOW2_LAYOUT_QEMU, .bitmap_name = "b",
+    .granularity_bits = 16, .in_use_policy = IN_USE_DIRTY,
+    .region_size = 4 << 20,
+  };
+  static char before[4 << 20], after[4 << 20];
+  struct dbm_err err;
+  size_t k;
+
+  for (k = 0; k < 2; ++k) {
+    FILE *f;
+    size_t n1, n2;
+
+    unlink (path);
+    tr = open_tracker (TRACKER_QEMU);
+    CHECK (tracker_mark (tr, 0, 512) == 0);
+    tracker_free (tr);                  /* a crash: left in_use */
+    f = fopen (path, "rb");
+    n1 = fread (before, 1, sizeof before, f);
+    fclose (f);
+    cfg.mode = modes[k];
+    CHECK (tracker_open (&cfg, &tr, &err) == 0);
+    CHECK (tracker_persist (tr, &err) == 0);
+    CHECK (tracker_flush (tr, &err) == 0);
+    CHECK (tracker_close (tr, &err) == 0);
+    f = fopen (path, "rb");
+    n2 = fread (after, 1, sizeof after, f);
+    fclose (f);
+    CHECK (n1 > 65536 * 3 && n1 < sizeof before);
+    CHECK (n1 == n2 && memcmp (before, after, n1) == 0);
+  }
+}
+
 /* Checkpoints and a growth while 3 threads mark: each mark must be wholly
  * in one bitmap B_j with a <= j <= b (a: checkpoints finished before it
  * began, b: checkpoints begun before it ended), as the file shows after a
@@ -327,6 +408,8 @@ main (void)
   test_crash_safe_concurrent ();
   test_bound ();
   test_qemu_mode ();
+  test_quiesce ();
+  test_deferred ();
   test_checkpoints (TRACKER_CRASH_SAFE);
   test_checkpoints (TRACKER_QEMU);
   unlink (path);
