@@ -607,12 +607,63 @@ tracker_activate (struct tracker *tr, struct dbm_err *err)
   return 0;
 }
 
+/* The smallest cluster size whose L1 table can describe a disk of SIZE
+ * bytes (QEMU's limit: 32 MiB of L1), or 0 if none can: QEMU's qcow2
+ * cannot describe a disk larger than 2 EiB, even with 2 MiB clusters.
+ */
+static unsigned
+cluster_bits_for (uint64_t size)
+{
+  unsigned c;
+
+  for (c = QCOW2_DEFAULT_CLUSTER_BITS; c <= QCOW2_MAX_CLUSTER_BITS; ++c) {
+    uint64_t per_l1 = (UINT64_C (1) << (c - 3)) << c;   /* C/8 L2 entries */
+    uint64_t entries = size / per_l1 + (size % per_l1 != 0);
+    if (entries <= QCOW2_MAX_L1_BYTES / 8)
+      return c;
+  }
+  return 0;
+}
+
+/* The granularity of a bitmap we create for SIZE bytes: the configured
+ * one, or if that is the default and too fine for the export, the finest
+ * that fits (logged).  -1 with the reason if none does.
+ */
+static int
+granularity_for (struct tracker *tr, uint64_t size, unsigned cluster_bits,
+                 unsigned *gp, struct dbm_err *err)
+{
+  unsigned g = tr->cfg.granularity_bits;
+
+  if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g, cluster_bits,
+                                 err) == 0) {
+    *gp = g;
+    return 0;
+  }
+  if (!tr->cfg.granularity_default)
+    return -1;
+  while (++g <= BME_MAX_GRANULARITY_BITS)
+    if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g,
+                                   cluster_bits, err) == 0) {
+      tr->cfg.log ("%s: bitmap '%s': the default granularity %" PRIu64
+                   " is too fine for a %" PRIu64 "-byte export (a bitmap "
+                   "holds at most 512 MiB); using %" PRIu64, tr->cfg.path,
+                   tr->cfg.bitmap_name,
+                   UINT64_C (1) << tr->cfg.granularity_bits, size,
+                   UINT64_C (1) << g);
+      *gp = g;
+      return 0;
+    }
+  return -1;
+}
+
 int
 tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
 {
   uint64_t want = (size + 511) & ~UINT64_C (511);
   uint64_t have;
   bool created = false;
+  unsigned g;
   int r;
 
   if (size == 0)
@@ -633,14 +684,26 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
   }
   if (tr->img == NULL) {
     bool draft = tr->cfg.layout == QCOW2_LAYOUT_DRAFT2015;
-    tr->img = qcow2_new (draft ? 0 : size, QCOW2_DEFAULT_CLUSTER_BITS,
-                         tr->cfg.layout, err);
+    unsigned c = draft ? QCOW2_DEFAULT_CLUSTER_BITS : cluster_bits_for (want);
+
+    if (c == 0)
+      return dbm_seterr (err, EFBIG, "%s: the export (%" PRIu64 " bytes) is "
+                         "larger than any qcow2 file can describe (2 EiB, "
+                         "with 2 MiB clusters); it cannot be tracked in "
+                         "QEMU's layout", tr->cfg.path, size);
+    tr->img = qcow2_new (draft ? 0 : size, c, tr->cfg.layout, err);
     if (tr->img == NULL)
       return -1;
     created = true;
   }
-  r = qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name,
-                        tr->cfg.granularity_bits,
+  if (granularity_for (tr, size, tr->img->cluster_bits, &g, err) == -1) {
+    if (created) {
+      qcow2_close (tr->img);
+      tr->img = NULL;
+    }
+    return -1;
+  }
+  r = qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name, g,
                         tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
                         size, err);
   if (r == 0)

@@ -42,6 +42,11 @@ struct tracker_config {
    */
   bool bitmap_name_default;
   unsigned granularity_bits;    /* for a bitmap we create */
+  /* granularity_bits is the default, not the user's choice: a bitmap we
+   * create for an export too large for it gets the finest granularity
+   * that fits instead (with a note); a chosen one is refused then.
+   */
+  bool granularity_default;
   enum tracker_mode mode;
   enum tracker_in_use in_use_policy;
   uint64_t region_size;         /* crash-safe: bytes of disk per region */

@@ -36,6 +36,7 @@ static char *bitmap_file;
 static const char *bitmap_name = "dirtybitmap";
 static bool bitmap_name_default = true;
 static unsigned granularity_bits = 16;
+static bool granularity_default = true;
 static enum tracker_mode mode = TRACKER_CRASH_SAFE;
 static enum qcow2_layout layout = QCOW2_LAYOUT_QEMU;
 static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
@@ -44,6 +45,10 @@ static unsigned persist_interval = 30;
 static char *control_path;
 
 static struct tracker *tracker;
+
+struct conn {
+  bool untracked;               /* served read-only: see prepare */
+};
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static pthread_t persist_thread;
@@ -118,6 +123,7 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       nbdkit_error ("%s", err.msg);
       return -1;
     }
+    granularity_default = false;
     return 0;
   }
   if (strcmp (key, "bitmap-mode") == 0) {
@@ -217,7 +223,8 @@ dirtybitmap_get_ready (int thread_model)
   struct tracker_config cfg = {
     .path = bitmap_file, .layout = layout, .bitmap_name = bitmap_name,
     .bitmap_name_default = bitmap_name_default,
-    .granularity_bits = granularity_bits, .mode = mode,
+    .granularity_bits = granularity_bits,
+    .granularity_default = granularity_default, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
     .log = log_note,
   };
@@ -496,12 +503,12 @@ static int
 dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+  struct conn *c = handle;
   struct dbm_err err;
   int64_t size;
 
-  /* Nothing can be written through this connection (nbdkit -r, or a
-   * client that asked for read-only): it needs no bitmap, and must not
-   * create or change the file.
+  /* Nothing can be written through this connection (nbdkit -r): it needs
+   * no bitmap, and must not create or change the file.
    */
   if (readonly)
     return 0;
@@ -510,9 +517,50 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
     return -1;
   if (tracker_set_size (tracker, size, &err) == -1) {
     nbdkit_error ("%s", err.msg);
-    return -1;
+    /* An export no qcow2 file can describe is still served, read-only
+     * (writes fail with EROFS), rather than refused with nbdkit's
+     * misleading "no export named" at the client.
+     */
+    if (err.errnum != EFBIG)
+      return -1;
+    c->untracked = true;
+    nbdkit_error ("dirtybitmap: the export is served read-only: writes to "
+                  "it could not be recorded");
   }
   return 0;
+}
+
+/* Per connection: only whether it is served read-only because its
+ * writes could not be tracked (see prepare).
+ */
+static void *
+dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *nxdata,
+                  int readonly, const char *exportname, int is_tls)
+{
+  struct conn *c;
+
+  if (next (nxdata, readonly, exportname) == -1)
+    return NULL;
+  c = calloc (1, sizeof *c);
+  if (c == NULL)
+    nbdkit_error ("dirtybitmap: calloc: %m");
+  return c;
+}
+
+static void
+dirtybitmap_close (void *handle)
+{
+  free (handle);
+}
+
+static int
+dirtybitmap_can_write (nbdkit_next *next, void *handle)
+{
+  struct conn *c = handle;
+
+  if (c->untracked)
+    return 0;
+  return next->can_write (next);
 }
 
 /* A FUA write is durable in data and bitmap.  In crash-safe mode the
@@ -646,7 +694,10 @@ static struct nbdkit_filter filter = {
   .get_ready         = dirtybitmap_get_ready,
   .after_fork        = dirtybitmap_after_fork,
   .cleanup           = dirtybitmap_cleanup,
+  .open              = dirtybitmap_open,
+  .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
+  .can_write         = dirtybitmap_can_write,
   .flush             = dirtybitmap_flush,
   .pwrite            = dirtybitmap_pwrite,
   .zero              = dirtybitmap_zero,

@@ -5,7 +5,9 @@
 # with EIO and a clear error (in both modes), the bits stay in memory and
 # 'persist' (or the clean shutdown) writes them back; a final save that
 # fails is a non-zero exit with a line naming the file, the bitmap and the
-# consequence; a size-0 export is served without a bitmap.
+# consequence; a size-0 export is served without a bitmap; a very large
+# export gets a coarser granularity (with a note), and one no qcow2 file
+# can describe is served read-only.
 source "$srcdir/functions.sh"
 requires "$NBDKIT" --version
 requires /usr/bin/python3 -c 'import nbd'
@@ -137,6 +139,42 @@ else
     [ "${CI:-}" = true ] && fail "cannot mount a tmpfs for the full-filesystem case"
     echo "tmpfs mount not permitted: final-save case not run"
 fi
+
+# Very large exports: a bitmap the filter creates gets the finest
+# granularity that fits (with a note) and a cluster size whose L1 can
+# describe the disk; a write at the very end is recorded and QEMU reads
+# it.  Beyond what any qcow2 file can describe (2 EiB), the export is
+# served read-only, with an error saying why.
+for sz in $((1 << 50)) $((1 << 61)); do
+    rm -f large.qcow2
+    "$NBDKIT" -U - --filter="$FILTER" memory $sz bitmap-file=$PWD/large.qcow2 \
+        --run 'nbdsh -u "$uri" -c "h.pwrite(b\"x\" * 512, h.get_size() - 512); h.flush()"' 2> err ||
+        { cat err; fail "$sz: not served"; }
+    grep -q "the default granularity 65536 is too fine for a $sz-byte export" err ||
+        { cat err; fail "$sz: no note about the granularity"; }
+    qemu_check large.qcow2
+    g=$(qemu-img info --output=json large.qcow2 |
+        json_get 'j["format-specific"]["data"]["bitmaps"][0]["granularity"]')
+    # (QEMU's own view, qemu-nbd -B + nbdinfo --map, takes minutes over
+    # 2^32 bits; qemu-img check and info above vouch for QEMU's reading.)
+    [ "$(map_ours large.qcow2 dirtybitmap)" = "$((sz - g)) $g" ] ||
+        fail "$sz: the write at the end is not in the bitmap"
+done
+rm -f large.qcow2
+"$NBDKIT" -U - --filter="$FILTER" memory 9223372036854775807 \
+    bitmap-file=$PWD/large.qcow2 --run 'nbdsh -u "$uri" -c "
+assert h.get_size() == 9223372036854775807
+assert h.is_read_only()
+assert h.pread(512, 9223372036854775807 - 512) == bytearray(512)
+"' 2> err || { cat err; fail "2^63-1: not served read-only"; }
+grep -q "larger than any qcow2 file can describe" err && grep -q "served read-only" err ||
+    { cat err; fail "2^63-1: no error saying why"; }
+[ ! -e large.qcow2 ] || fail "2^63-1: a file was created"
+# A chosen granularity that is too fine is refused, not changed.
+"$NBDKIT" -U - --filter="$FILTER" memory $((1 << 50)) bitmap-granularity=64K \
+    bitmap-file=$PWD/fine.qcow2 --run 'nbdsh -u "$uri" -c pass' 2> err &&
+    fail "a too-fine chosen granularity was accepted"
+grep -q "granularity 65536 is too fine" err || { cat err; fail "too-fine message"; }
 
 # Size 0: served, nothing to track, no file.
 for plugin in "null 0" "memory 0"; do
