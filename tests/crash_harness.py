@@ -4,6 +4,10 @@ moments while several writers send non-zero data, then verify the bitmap
 file the crash left behind.
 
 Per trial:
+  * the bitmap file exists if any write was acknowledged (the filter
+    creates it at the first connection, before serving it); a kill before
+    any connection leaves no file, which is fine if nothing was
+    acknowledged and no data reached the disk (counted and logged);
   * qemu-img check exits 0 and the bitmap is consistent (not in_use);
   * every granule whose content on disk is no longer zero is dirty (data
     that reached the plugin is the ground truth, acked or not);
@@ -11,7 +15,9 @@ Per trial:
   * every dirty region (bitmap-region bytes) intersects a write that was
     at least sent (the documented over-approximation bound).
 Also kills during the very first start (file being created) and during
-the restart that rewrites the file.  Unless --no-checkpoints, a thread
+the restart that rewrites the file (a client connects at once, since the
+filter may defer both to the first connection); the restart after that
+serves one write and must leave no temporary file behind.  Unless --no-checkpoints, a thread
 takes checkpoints (control socket) at random moments while the writers
 run, so kills also land inside checkpoints; the checks then apply to the
 union of all bitmaps, and a restart must leave no temporary file behind.
@@ -39,16 +45,20 @@ GRAN = 65536
 REGION = 4 << 20
 
 
+def filter_args(disk, bm):
+    """The plugin and filter arguments of every server of a trial: the
+    same region size everywhere, since the region bound is checked."""
+    return ["--filter=" + FILTER, "file", disk, "bitmap-file=" + bm,
+            "bitmap-region=%d" % REGION, "bitmap-persist-interval=1"]
+
+
 def start(workdir, disk, bm, extra=()):
     sock = os.path.join(workdir, "s.sock")
     pidf = os.path.join(workdir, "pid")
     for p in (sock, pidf):
         if os.path.exists(p):
             os.unlink(p)
-    subprocess.run([NBDKIT, "-P", pidf, "-U", sock, "--filter=" + FILTER,
-                    "file", disk, "bitmap-file=" + bm,
-                    "bitmap-region=%d" % REGION,
-                    "bitmap-persist-interval=1",
+    subprocess.run([NBDKIT, "-P", pidf, "-U", sock, *filter_args(disk, bm),
                     "bitmap-control=" + os.path.join(workdir, "ctl"), *extra],
                    check=True,
                    stderr=subprocess.DEVNULL)
@@ -131,6 +141,32 @@ def writer(uri, seed, sent, acked, stop):
         pass
 
 
+def kill_early(workdir, name, disk, bm, rng, sent, acked):
+    """Start nbdkit in the foreground with a client connecting as soon as
+    the socket appears, and kill -9 it within 0.1 s: during start-up or
+    while the first client is being prepared (where the file is created,
+    or an existing one brought into use and rewritten)."""
+    sock = os.path.join(workdir, name)
+    if os.path.lexists(sock):
+        os.unlink(sock)
+    p = subprocess.Popen([NBDKIT, "-f", "-U", sock, *filter_args(disk, bm)],
+                         stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    seed = rng.random()
+
+    def early():
+        while not stop.is_set() and not os.path.exists(sock):
+            time.sleep(0.001)
+        writer("nbd+unix:///?socket=" + sock, seed, sent, acked, stop)
+    th = threading.Thread(target=early)
+    th.start()
+    time.sleep(rng.uniform(0, 0.1))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    stop.set()
+    th.join()
+
+
 def start_writers(uri, rng, sent, acked, n):
     stop = threading.Event()
     ths = [threading.Thread(target=writer,
@@ -154,7 +190,35 @@ def wait_exit(pid):
             return
 
 
-def verify(bm, disk, sent, acked):
+def disk_has_data(disk):
+    with open(disk, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                return False
+            if chunk.count(0) != len(chunk):
+                return True
+
+
+_nofile = [0]
+
+
+def verify(bm, disk, sent, acked, what):
+    """Problems of the bitmap file BM after a kill or a restart."""
+    if not os.path.lexists(bm):
+        # Only possible if no client got as far as being served.
+        problems = []
+        if acked:
+            problems.append("no bitmap file %s, but %d write(s) were "
+                            "acknowledged" % (bm, len(acked)))
+        if disk_has_data(disk):
+            problems.append("no bitmap file %s, but data reached the disk"
+                            % bm)
+        if not problems:
+            _nofile[0] += 1
+            print("%s: no bitmap file yet (no client was served before the "
+                  "kill, nothing acknowledged): fine" % what, flush=True)
+        return problems
     problems = []
     r = subprocess.run(["qemu-img", "check", bm], capture_output=True, text=True)
     if r.returncode != 0:
@@ -201,15 +265,10 @@ def trial(workdir, rng, t):
     bm = os.path.join(workdir, "bm%d.qcow2" % t)
     with open(disk, "wb") as f:
         f.truncate(SIZE)
+    sent, acked = [], []
     # Sometimes kill during the very first start: the next start must work.
     if rng.random() < 0.2:
-        p = subprocess.Popen([NBDKIT, "-f", "-U", os.path.join(workdir, "x.sock"),
-                              "--filter=" + FILTER, "file", disk,
-                              "bitmap-file=" + bm], stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0, 0.05))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    sent, acked = [], []
+        kill_early(workdir, "x.sock", disk, bm, rng, sent, acked)
     for rnd in range(2):
         pid, uri = start(workdir, disk, bm)
         stop, ths = start_writers(uri, rng, sent, acked, 3)
@@ -221,26 +280,31 @@ def trial(workdir, rng, t):
         stop.set()
         for th in ths:
             th.join()
-        problems = verify(bm, disk, sent, acked)
+        problems = verify(bm, disk, sent, acked,
+                          "trial %d round %d" % (t, rnd))
         if problems:
             return problems
-    # Kill during the restart (which rewrites the file), then start again.
-    p = subprocess.Popen([NBDKIT, "-f", "-U", os.path.join(workdir, "y.sock"),
-                          "--filter=" + FILTER, "file", disk,
-                          "bitmap-file=" + bm], stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0, 0.05))
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    # Kill during the restart (which rewrites the file), then start again
+    # and serve one write: by then any temporary file must be gone.
+    kill_early(workdir, "y.sock", disk, bm, rng, sent, acked)
     pid, uri = start(workdir, disk, bm)
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    off = rng.randrange(0, SIZE - 4096)
+    sent.append((off, 4096))
+    h.pwrite(b"r" * 4096, off)
+    acked.append((off, 4096))
+    h.shutdown()
     os.kill(pid, signal.SIGTERM)
     wait_exit(pid)
-    problems = verify(bm, disk, sent, acked)
+    problems = verify(bm, disk, sent, acked, "trial %d restart" % t)
     left = [f for f in os.listdir(workdir)
             if f.startswith(os.path.basename(bm) + ".tmp")]
     if left:
         problems.append("temporary files left after a restart: %s" % left)
     for f in (disk, bm):
-        os.unlink(f)
+        if os.path.lexists(f):
+            os.unlink(f)
     _final.clear()
     return problems
 
@@ -284,14 +348,15 @@ def soak(workdir, rng, seconds):
         sent[:] = [(r * REGION, 1) for r in sorted({rr for off, n in sent
                    for rr in range(off // REGION, (off + n - 1) // REGION + 1)})]
         compact_len = len(acked)
-        problems = verify(bm, disk, sent, acked)
+        problems = verify(bm, disk, sent, acked, "round %d" % rounds)
         if problems:
             violations += 1
             print("round %d: VIOLATION: %s" % (rounds, "; ".join(problems[:3])))
     print("soak: %d s, %d rounds (%d kill -9, %d clean restarts), %d writes "
-          "acknowledged, %d checkpoints, %d violations"
+          "acknowledged, %d checkpoints, %d checks without a bitmap file "
+          "(nothing acknowledged), %d violations"
           % (seconds, rounds, kills, rounds - kills, nacked, _ck_ok[0],
-             violations))
+             _nofile[0], violations))
     return violations
 
 
@@ -315,8 +380,9 @@ def main():
             violations += 1
             print("trial %d: VIOLATION: %s" % (t, "; ".join(problems[:3])))
     print("crash harness: seed %d, %d trials (%d kills), %d checkpoints, "
-          "%d violations" % (a.seed, a.trials, a.trials * 2, _ck_ok[0],
-                             violations))
+          "%d checks without a bitmap file (nothing acknowledged), %d violations"
+          % (a.seed, a.trials, a.trials * 2, _ck_ok[0], _nofile[0],
+             violations))
     sys.exit(1 if violations else 0)
 
 

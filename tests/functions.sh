@@ -41,15 +41,28 @@ cd "$tmpdir"
 nbdkit_filter () { "$NBDKIT" --filter="$FILTER" "$@"; }
 
 # start_nbdkit PIDFILE SOCKET ARGS...: a background server, killed at exit.
+# A stale PIDFILE (an earlier server's) is removed first, so only the new
+# server's own PID, once fully written (newline-terminated), is registered
+# for cleanup; it is also left in $NBDKIT_PID.
 start_nbdkit () {
-    local pidfile=$1 sock=$2 i; shift 2
-    "$NBDKIT" -P "$pidfile" -U "$sock" --filter="$FILTER" "$@"
+    local pidfile=$1 sock=$2 i pid=; shift 2
+    rm -f "$pidfile"
+    [ ! -e "$pidfile" ] || fail "start_nbdkit: cannot remove stale $pidfile"
+    "$NBDKIT" -P "$pidfile" -U "$sock" --filter="$FILTER" "$@" ||
+        fail "nbdkit did not start: $*"
     for (( i=0; i<300; i++ )); do
-        [ -s "$pidfile" ] && [ -S "$sock" ] && break
+        if [ -S "$sock" ] && [ -s "$pidfile" ] &&
+           read -r pid 2>/dev/null < "$pidfile" &&
+           [[ $pid =~ ^[1-9][0-9]*$ ]]; then
+            break
+        fi
+        pid=
         sleep 0.1
     done
-    [ -s "$pidfile" ] || fail "nbdkit did not start: $*"
-    cleanup_fn "kill_nbdkit $(cat "$pidfile")"
+    [ -n "$pid" ] || fail "nbdkit did not start (no pidfile $pidfile or socket $sock): $*"
+    cleanup_fn "kill_nbdkit $pid"
+    kill -0 "$pid" 2>/dev/null || fail "nbdkit $pid (from $pidfile) is not running"
+    NBDKIT_PID=$pid
 }
 
 # kill_nbdkit PID: SIGTERM, then wait for the clean shutdown to finish.
@@ -85,6 +98,26 @@ map_qemu () {
 # expect_map EXPECTED ACTUAL WHAT: compare two extent lists.
 expect_map () {
     if ! diff -u "$1" "$2" >&2; then fail "$3: dirty map differs from the oracle"; fi
+}
+
+# json_get PYEXPR: evaluate the Python expression PYEXPR (may span lines)
+# on the JSON document read from stdin (bound to j) and print the result
+# (strings bare, the rest as JSON).
+json_get () {
+    "$PYTHON" -c '
+import json, sys
+v = eval("(%s\n)" % sys.argv[1], {"j": json.load(sys.stdin)})
+print(v if isinstance(v, str) else json.dumps(v))' "$1"
+}
+
+# json_check PYEXPR: true iff PYEXPR holds for the JSON on stdin (as j);
+# on false, prints the expression and the document.
+json_check () {
+    "$PYTHON" -c '
+import json, sys
+j = json.load(sys.stdin)
+if not eval("(%s\n)" % sys.argv[1], {"j": j}):
+    sys.exit("json_check: false: %s\nfor: %s" % (sys.argv[1], json.dumps(j)[:4000]))' "$1"
 }
 
 qemu_check () {

@@ -37,8 +37,8 @@ for mode in crash-safe qemu; do
         cmp restored.img exp.$n || fail "$mode: restore point $n differs"
     done
     # Consumed bitmaps are removed: only the original and the live one.
-    "$DIRTYBITMAP" status ctl.$mode | grep -o '"name":"[^"]*"' | tr '\n' ' ' > names
-    [ "$(cat names)" = '"name":"dirtybitmap" "name":"bk-5" ' ] ||
+    "$DIRTYBITMAP" status ctl.$mode | json_get '[b["name"] for b in j["bitmaps"]]' > names
+    [ "$(cat names)" = '["dirtybitmap", "bk-5"]' ] ||
         fail "$mode: bitmaps left: $(cat names)"
     kill_nbdkit "$(cat pid.$mode)"
     qemu_check b.qcow2

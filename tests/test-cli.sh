@@ -30,9 +30,10 @@ grep -q "NAME must be one word" err || fail "checkpoint blank name: $(cat err)"
 $D create a.qcow2 --size 10G --granularity 4K --name first
 qemu_check a.qcow2
 qemu-img info --output=json a.qcow2 > info.json
-grep -q '"granularity": 4096' info.json || fail "granularity not seen by qemu"
-grep -q '"name": "first"' info.json || fail "name not seen by qemu"
-grep -q '"auto"' info.json || fail "auto flag not seen by qemu"
+json_check '[(b["name"], b["granularity"], b["flags"])
+             for b in j["format-specific"]["data"]["bitmaps"]]
+            == [("first", 4096, ["auto"])]' < info.json ||
+    fail "bitmap first (granularity 4096, auto) not seen by qemu"
 [ "$(stat -c %s a.qcow2)" -gt 0 ] || fail "empty file"
 
 # Refuses to overwrite, and leaves the file as it was.
@@ -51,7 +52,11 @@ assert bm["second"]["flags"] == [], bm
 assert bm["first"]["flags"] == ["auto"], bm
 '
 $D enable a.qcow2 second
-qemu-img info --output=json a.qcow2 | grep -A3 '"second"' >/dev/null
+qemu_check a.qcow2
+qemu-img info --output=json a.qcow2 |
+    json_check '{b["name"]: b["flags"] for b in j["format-specific"]["data"]["bitmaps"]}
+                == {"first": ["auto"], "second": ["auto"]}' ||
+    fail "enable: qemu does not see second enabled (auto)"
 $D info a.qcow2 | grep -q "second: granularity 1048576, flags auto" || fail "enable"
 $D disable a.qcow2 first
 $D info a.qcow2 | grep -q "first: granularity 4096, flags -" || fail "disable"

@@ -86,7 +86,14 @@ ln -s $PWD/good.qcow2 link.qcow2
 "$NBDKIT" --filter="$FILTER" memory 1G bitmap-file=$PWD/link.qcow2 --run true
 [ -L link.qcow2 ] || fail "the symlink was replaced by a file"
 sum=$(md5sum < good.qcow2)
-[ "$(md5sum < good.qcow2)" = "$sum" ] || fail "a failed start modified good.qcow2"
+"$NBDKIT" -U - --filter="$FILTER" memory 1G bitmap-file=$PWD/link.qcow2 \
+    --run 'nbdsh -u "$uri" -c "h.pwrite(b\"s\" * 512, 1 << 20)"'
+[ -L link.qcow2 ] || fail "the symlink was replaced by a file"
+[ "$(readlink link.qcow2)" = "$PWD/good.qcow2" ] || fail "the symlink was retargeted"
+[ "$(md5sum < good.qcow2)" != "$sum" ] || fail "the target was not updated through the symlink"
+covers <(map_ours good.qcow2 dirtybitmap) $((1 << 20)) 512 ||
+    fail "the write through the symlink is not in the target's bitmap"
+$D check good.qcow2 >/dev/null || fail "the target is not valid after the writes"
 
 # A corrupt file: refused with the library's message, file untouched.
 $D create corrupt.qcow2 --size 1G
