@@ -1,5 +1,13 @@
-/* Shared between tracker.c (open, mark, persist) and tracker-model.c
- * (checkpoints, growth, removal: replacing the model under writers).
+/* Inside the tracker.  Files and the direction of their calls (down
+ * only):
+ *
+ *   status-json.c    the status line                       reads all
+ *   tracker-model.c  creation, growth, checkpoints, removal, rewrites,
+ *                    the final save: replacing the model under writers
+ *   tracker.c        open, activation, marking, persist, flush, quiesce
+ *   regions.c        the crash-safe region protocol
+ *   track-set.c      sets, states, storage: publication and retirement
+ *   epoch.c          reclamation without a shared write on the write path
  */
 #ifndef DBM_TRACKER_INTERNAL_H
 #define DBM_TRACKER_INTERNAL_H
@@ -32,8 +40,32 @@ extern struct track_set *tracker_new_set (struct tracker *tr,
  */
 extern void tracker_reflag_model (struct qcow2_image *img);
 
+/* Unreachable now for markers that enter from here on: off the tracker's
+ * lists, freed once every marker inside has left (epoch.h).  A state is
+ * retired only once its bitmap is (st->retired set).
+ */
+extern void tracker_retire_set (struct tracker *tr, struct track_set *s);
+extern void tracker_retire_state (struct tracker *tr,
+                                  struct tracked_state *st);
+extern void tracker_retire_bitmap (struct tracker *tr, struct bitmap *bm);
+
+/* The published set no marker can be on before the first one: empty. */
+extern struct track_set tracker_empty_set;
+
 /* Write what tracker_open deferred, once (see tracker_set_size). */
 extern int tracker_activate (struct tracker *tr, struct dbm_err *err);
+
+/* Rewrite (or update in place) the file with in_use set on the tracked
+ * bitmaps in qemu mode, then publish the set of tracked bitmaps.  As
+ * qcow2_commit: 1 means tracking, but the directory sync failed.
+ */
+extern int tracker_commit_and_track (struct tracker *tr,
+                                     const uint32_t *old_flags,
+                                     struct dbm_err *err);
+
+/* Write the in_use flag of every tracked bitmap (set or clear) and sync. */
+extern int tracker_write_in_use (struct tracker *tr, bool in_use,
+                                 struct dbm_err *err);
 
 /* The export grew to WANT bytes (a multiple of 512). */
 extern int tracker_grow (struct tracker *tr, uint64_t want,

@@ -149,6 +149,14 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   both = tracker_new_set (tr, states, before->nt + 1, err);
   after = tracker_new_set (tr, &nst, 1, err);
   if (both == NULL || after == NULL) {
+    /* Never published: retiring frees them at the next reclaim. */
+    atomic_store (&nst->retired, true);
+    if (both)
+      tracker_retire_set (tr, both);
+    if (after)
+      tracker_retire_set (tr, after);
+    tracker_retire_state (tr, nst);
+    tracker_retire_bitmap (tr, img2->bitmaps[idx].bits);
     tracker_drop_model (img2);
     return -1;
   }
@@ -169,15 +177,27 @@ tracker_checkpoint (struct tracker *tr, const char *name,
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
     atomic_store (&tr->set, before);
+    tracker_retire_set (tr, both);
+    tracker_retire_set (tr, after);
+    tracker_retire_state (tr, nst);
+    tracker_retire_bitmap (tr, img2->bitmaps[idx].bits);
     undo (tr, img2);
     return -1;
   }
-  /* The old bitmaps are final on disk: exact, disabled, in_use clear. */
+  /* The old bitmaps are final on disk: exact, disabled, in_use clear.
+   * Their storage stays (the model's disabled bitmaps); their states and
+   * the sets that led to them go once no marker reads them.
+   */
   retire (before);
   atomic_store (&tr->set, after);
   adopt (tr, img2);
   tr->generation++;
   atomic_store (&tr->in_use_cleared, false);
+  for (i = 0; i < before->nt; ++i)
+    tracker_retire_state (tr, before->t[i].st);
+  tracker_retire_set (tr, both);
+  tracker_retire_set (tr, before);
+  epoch_reclaim ();
   tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
@@ -278,8 +298,16 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   if (r == -1)
     goto rollback;
   retire (before);
+  /* The storage that was grown is replaced: retire it with the model. */
+  for (j = 0; j < img2->nb_bitmaps; ++j)
+    if (grows[j])
+      tracker_retire_bitmap (tr, tr->img->bitmaps[j].bits);
   adopt (tr, img2);
   tr->generation++;
+  for (i = 0; i < before->nt; ++i)
+    tracker_retire_state (tr, before->t[i].st);
+  tracker_retire_set (tr, before);
+  epoch_reclaim ();
   tr->cfg.log ("%s: the export grew from %" PRIu64 " to %" PRIu64 " bytes: "
                "bitmaps grown, the new area marked dirty", tr->cfg.path,
                have, want);
@@ -298,6 +326,12 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
        * after a crash would.
        */
       bitmap_set_bits (tr->img->bitmaps[j].bits, 0, UINT64_MAX);
+  for (i = 0; i < after->nt; ++i)
+    tracker_retire_state (tr, after->t[i].st);
+  tracker_retire_set (tr, after);
+  for (j = 0; j < img2->nb_bitmaps; ++j)
+    if (grows[j])
+      tracker_retire_bitmap (tr, img2->bitmaps[j].bits);
   undo (tr, img2);
   return -1;
 }
@@ -340,7 +374,12 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
     undo (tr, img2);
     return -1;
   }
+  /* A marker that loaded a set from before the checkpoint that disabled
+   * this bitmap may still read it: retired, not freed.
+   */
+  tracker_retire_bitmap (tr, tr->img->bitmaps[i].bits);
   adopt (tr, img2);
+  epoch_reclaim ();
   tr->cfg.log ("%s: bitmap '%s' removed", tr->cfg.path, name);
   return not_durable (tr, r, "removal", name, err);
 }
@@ -379,73 +418,163 @@ tracker_rewrite (struct tracker *tr, struct dbm_err *err)
   return not_durable (tr, r, "rewrite", NULL, err);
 }
 
-/* JSON string: quote, backslash and control bytes escaped; other bytes
- * as they are (a name is bytes, usually UTF-8).
+/* The smallest cluster size whose L1 table can describe a disk of SIZE
+ * bytes (QEMU's limit: 32 MiB of L1), or 0 if none can: QEMU's qcow2
+ * cannot describe a disk larger than 2 EiB, even with 2 MiB clusters.
  */
-static void
-put_json_string (FILE *f, const char *s)
+static unsigned
+cluster_bits_for (uint64_t size)
 {
-  fputc ('"', f);
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf (f, "\\%c", c);
-    else if (c < 0x20)
-      fprintf (f, "\\u%04x", c);
-    else
-      fputc (c, f);
+  unsigned c;
+
+  for (c = QCOW2_DEFAULT_CLUSTER_BITS; c <= QCOW2_MAX_CLUSTER_BITS; ++c) {
+    uint64_t per_l1 = (UINT64_C (1) << (c - 3)) << c;   /* C/8 L2 entries */
+    uint64_t entries = size / per_l1 + (size % per_l1 != 0);
+    if (entries <= QCOW2_MAX_L1_BYTES / 8)
+      return c;
   }
-  fputc ('"', f);
+  return 0;
 }
 
-char *
-tracker_status_json (struct tracker *tr, struct dbm_err *err)
+/* The granularity of a bitmap we create for SIZE bytes: the configured
+ * one, or if that is the default and too fine for the export, the finest
+ * that fits (logged).  -1 with the reason if none does.
+ */
+static int
+granularity_for (struct tracker *tr, uint64_t size, unsigned cluster_bits,
+                 unsigned *gp, struct dbm_err *err)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
-  struct track_set *s = atomic_load (&tr->set);
-  char *buf = NULL;
-  size_t len = 0, k;
-  FILE *f = open_memstream (&buf, &len);
-  uint32_t i;
+  unsigned g = tr->cfg.granularity_bits;
 
-  if (f == NULL) {
-    dbm_seterr (err, errno, "open_memstream: %m");
-    return NULL;
+  if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g, cluster_bits,
+                                 err) == 0) {
+    *gp = g;
+    return 0;
   }
-  fputs ("{\"file\":", f);
-  put_json_string (f, tr->cfg.path);
-  fprintf (f, ",\"layout\":\"%s\",\"mode\":\"%s\",\"export_size\":%" PRIu64
-           ",\"generation\":%" PRIu64 ",\"last_persist\":%" PRId64
-           ",\"bitmaps\":[",
-           qcow2_layout_name (tr->img ? tr->img->layout : tr->cfg.layout),
-           tr->cfg.mode == TRACKER_QEMU ? "qemu" : "crash-safe",
-           tracker_size (tr), tr->generation, tr->last_persist);
-  for (i = 0; tr->img && i < tr->img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &tr->img->bitmaps[i];
-    bool tracked = false;
-    uint64_t dirty = 0;
-
-    for (k = 0; k < s->nt; ++k)
-      tracked |= s->t[k].st->idx == (int) i;
-    if (b->bits && !b->inconsistent) {
-      dirty = bitmap_count (b->bits) << b->granularity_bits;
-      if (dirty > b->size)
-        dirty = b->size;
+  if (!tr->cfg.granularity_default)
+    return -1;
+  while (++g <= BME_MAX_GRANULARITY_BITS)
+    if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g,
+                                   cluster_bits, err) == 0) {
+      tr->cfg.log ("%s: bitmap '%s': the default granularity %" PRIu64
+                   " is too fine for a %" PRIu64 "-byte export (a bitmap "
+                   "holds at most 512 MiB); using %" PRIu64, tr->cfg.path,
+                   tr->cfg.bitmap_name,
+                   UINT64_C (1) << tr->cfg.granularity_bits, size,
+                   UINT64_C (1) << g);
+      *gp = g;
+      return 0;
     }
-    fputs (i ? ",{\"name\":" : "{\"name\":", f);
-    put_json_string (f, b->name);
-    fprintf (f, ",\"granularity\":%" PRIu64 ",\"enabled\":%s,\"in_use\":%s,"
-             "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 "}",
-             UINT64_C (1) << b->granularity_bits,
-             qcow2_bitmap_enabled (tr->img, b) ? "true" : "false",
-             (b->flags & BME_FLAG_IN_USE) ? "true" : "false",
-             tracked ? "true" : "false", dirty);
+  return -1;
+}
+
+int
+tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
+{
+  uint64_t want = (size + 511) & ~UINT64_C (511);
+  uint64_t have;
+  bool created = false;
+  unsigned g;
+  int r;
+
+  if (size == 0)
+    return 0;
+  if (tr->img && tracker_activate (tr, err) == -1)
+    return -1;
+  have = tracker_size (tr);
+  if (have) {
+    if (want < have)
+      return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
+                         "up to %" PRIu64 ") is smaller than the size %" PRIu64
+                         " of bitmap '%s' in the file: shrinking is not "
+                         "supported", tr->cfg.path, size, want, have,
+                         tr->cfg.bitmap_name);
+    if (want > have)
+      return tracker_grow (tr, want, err);
+    return 0;
   }
-  fputs ("]}", f);
-  if (fclose (f) != 0) {
-    free (buf);
-    dbm_seterr (err, ENOMEM, "out of memory");
-    return NULL;
+  if (tr->img == NULL) {
+    bool draft = tr->cfg.layout == QCOW2_LAYOUT_DRAFT2015;
+    unsigned c = draft ? QCOW2_DEFAULT_CLUSTER_BITS : cluster_bits_for (want);
+
+    if (c == 0)
+      return dbm_seterr (err, EFBIG, "%s: the export (%" PRIu64 " bytes) is "
+                         "larger than any qcow2 file can describe (2 EiB, "
+                         "with 2 MiB clusters); it cannot be tracked in "
+                         "QEMU's layout", tr->cfg.path, size);
+    tr->img = qcow2_new (draft ? 0 : size, c, tr->cfg.layout, err);
+    if (tr->img == NULL)
+      return -1;
+    created = true;
   }
-  return buf;
+  /* Bitmaps cover whole 512-byte sectors (the size rounded up). */
+  if (granularity_for (tr, want, tr->img->cluster_bits, &g, err) == -1) {
+    if (created) {
+      qcow2_close (tr->img);
+      tr->img = NULL;
+    }
+    return -1;
+  }
+  r = qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name, g,
+                        tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
+                        size, err);
+  if (r == 0)
+    r = tracker_commit_and_track (tr, NULL, err);
+  if (r == 1)
+    return -1;          /* tracking, but not durable yet: retried next time */
+  if (r == -1) {
+    if (created) {
+      qcow2_close (tr->img);
+      tr->img = NULL;
+    }
+    else {
+      int i = qcow2_find_bitmap (tr->img, tr->cfg.bitmap_name);
+      if (i >= 0)
+        qcow2_remove_bitmap (tr->img, i);
+    }
+    return -1;
+  }
+  if (created)
+    tr->cfg.log ("created %s (%s layout): bitmap '%s' for %" PRIu64 " bytes",
+                 tr->cfg.path, qcow2_layout_name (tr->img->layout),
+                 tr->cfg.bitmap_name, want);
+  return 0;
+}
+
+int
+tracker_save (struct tracker *tr, struct dbm_err *err)
+{
+  struct dbm_err ignored;
+
+  if (tr->img == NULL || !atomic_load (&tr->active))
+    return 0;
+  /* The file changed behind our back: the bits in memory are the truth. */
+  if (qcow2_check_identity (tr->img, tr->cfg.path, &ignored) == -1 &&
+      tracker_rewrite (tr, err) == -1)
+    return -1;
+  return tracker_persist (tr, err);
+}
+
+int
+tracker_close (struct tracker *tr, struct dbm_err *err)
+{
+  int r = 0;
+
+  if (tr->img == NULL || !atomic_load (&tr->active)) {
+    tracker_free (tr);          /* never written: leave the file alone */
+    return 0;
+  }
+  if (tracker_save (tr, err) == -1)
+    r = -1;
+  /* Only after the data is durable may in_use be cleared. */
+  if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU)
+    r = tracker_write_in_use (tr, false, err);
+  if (r == 0 && tr->img) {
+    r = qcow2_write_state (tr->img, tr->img->dbm_state & ~DBM_STATE_RUNNING,
+                           err);
+    if (r == 0)
+      r = qcow2_sync (tr->img, err);
+  }
+  tracker_free (tr);
+  return r;
 }

@@ -1,5 +1,6 @@
 #include <config.h>
 
+#include <assert.h>
 #include <dirent.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -14,6 +15,7 @@
 #include "cleanup.h"
 #include "qemu-lock.h"
 #include "tracker.h"
+#include "regions.h"
 #include "tracker-internal.h"
 
 static void
@@ -21,156 +23,18 @@ nolog (const char *fmt, ...)
 {
 }
 
-static struct track_set empty_set;
-
-/* Append P to a growing array of pointers. */
-static int
-keep (void ***arr, size_t *n, void *p)
-{
-  void **a = realloc (*arr, (*n + 1) * sizeof *a);
-
-  if (a == NULL)
-    return -1;
-  a[(*n)++] = p;
-  *arr = a;
-  return 0;
-}
-
-int
-tracker_own_bitmaps (struct tracker *tr, struct qcow2_image *img,
-                     struct dbm_err *err)
-{
-  uint32_t i;
-  size_t j;
-
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct bitmap *bm = img->bitmaps[i].bits;
-    for (j = 0; j < tr->nowned && tr->owned[j] != bm; ++j)
-      ;
-    if (bm && j == tr->nowned &&
-        keep ((void ***) &tr->owned, &tr->nowned, bm) == -1)
-      return dbm_seterr (err, ENOMEM, "out of memory");
-  }
-  return 0;
-}
-
-void
-tracker_drop_model (struct qcow2_image *img)
-{
-  uint32_t i;
-
-  if (img == NULL)
-    return;
-  for (i = 0; i < img->nb_bitmaps; ++i)
-    img->bitmaps[i].bits = NULL;
-  qcow2_close (img);
-}
-
-void
-tracker_free (struct tracker *tr)
-{
-  size_t i;
-
-  if (tr == NULL)
-    return;
-  if (tr->nowned)
-    tracker_drop_model (tr->img);
-  else
-    qcow2_close (tr->img);
-  for (i = 0; i < tr->nowned; ++i)
-    bitmap_delete (tr->owned[i]);
-  free (tr->owned);
-  for (i = 0; i < tr->nstates; ++i) {
-    free ((void *) tr->states[i]->touched);
-    free ((void *) tr->states[i]->armed);
-    free (tr->states[i]);
-  }
-  free (tr->states);
-  for (i = 0; i < tr->nsets; ++i)
-    free (tr->sets[i]);
-  free (tr->sets);
-  free (tr->open_flags);
-  pthread_mutex_destroy (&tr->persist_lock);
-  pthread_mutex_destroy (&tr->arm_lock);
-  pthread_mutex_destroy (&tr->sync_lock);
-  pthread_mutex_destroy (&tr->quiesce_lock);
-  free (tr);
-}
-
-bool
-tracker_is_tracked (const struct tracker *tr, const struct qcow2_bitmap *b)
-{
-  if (tr->img->layout == QCOW2_LAYOUT_DRAFT2015)
-    return strcmp (b->name, tr->cfg.bitmap_name) == 0;
-  return (b->flags & BME_FLAG_AUTO) != 0;
-}
-
-struct tracked_state *
-tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
-                   struct dbm_err *err)
-{
-  struct qcow2_bitmap *b = &img->bitmaps[idx];
-  struct tracked_state *st = calloc (1, sizeof *st);
-  uint64_t region_bits, words;
-
-  if (st == NULL || keep ((void ***) &tr->states, &tr->nstates, st) == -1) {
-    free (st);
-    dbm_seterr (err, ENOMEM, "out of memory");
-    return NULL;
-  }
-  st->idx = idx;
-  st->bits = b->bits;
-  /* A region is a whole number of 64-bit words of the bitmap, so that
-   * writing one region's bytes never touches a neighbour's.
-   */
-  region_bits = tr->cfg.region_size >> b->granularity_bits;
-  st->region_shift = 6;
-  while (st->region_shift < 40 &&
-         (UINT64_C (1) << (st->region_shift + 1)) <= region_bits)
-    st->region_shift++;
-  st->nregions = (b->bits->nbits >> st->region_shift) + 1;
-  words = (st->nregions + 63) / 64;
-  st->touched = calloc (words, sizeof (_Atomic uint64_t));
-  st->armed = calloc (words, sizeof (_Atomic uint64_t));
-  if (st->touched == NULL || st->armed == NULL) {
-    dbm_seterr (err, ENOMEM, "out of memory");
-    return NULL;
-  }
-  return st;
-}
-
-struct track_set *
-tracker_new_set (struct tracker *tr, struct tracked_state **states, size_t n,
-                 struct dbm_err *err)
-{
-  struct track_set *s = calloc (1, sizeof *s + (n + 1) * sizeof s->t[0]);
-  size_t i;
-
-  if (s == NULL || keep ((void ***) &tr->sets, &tr->nsets, s) == -1) {
-    free (s);
-    dbm_seterr (err, ENOMEM, "out of memory");
-    return NULL;
-  }
-  for (i = 0; i < n; ++i) {
-    struct tracked *t = &s->t[i];
-    struct tracked_state *st = states[i];
-    t->st = st;
-    t->granularity_bits = st->bits->granularity_bits;
-    t->nbits = st->bits->nbits;
-    t->leaves = st->bits->leaves;
-    t->region_shift = st->region_shift;
-    t->armed = tr->cfg.mode == TRACKER_CRASH_SAFE ? st->armed : NULL;
-  }
-  s->nt = n;
-  return s;
-}
 
 size_t
 tracker_ntracked (struct tracker *tr)
 {
-  return atomic_load (&tr->set)->nt;
+  struct epoch_slot *e = epoch_enter ();
+  size_t n = atomic_load (&tr->set)->nt;
+
+  epoch_leave (e);
+  return n;
 }
 
+/* Called where no model change can run (the filter's cleanup). */
 char *
 tracker_tracked_names (struct tracker *tr)
 {
@@ -348,14 +212,54 @@ tracker_recover_offline (const char *path,
   return r == 0 ? 0 : -1;
 }
 
+/* A writer killed inside a rewrite (qcow2_commit) leaves its temporary
+ * file PATH.tmpXXXXXX behind.  We hold the write lock on PATH, and every
+ * rewriter takes it first, so any such file is dead: remove it.
+ */
+static void
+remove_stale_temporaries (const char *path, void (*log) (const char *fmt, ...))
+{
+  /* The file may not exist yet (a creation killed before its rename). */
+  CLEANUP_FREE char *real = realpath (path, NULL);
+  CLEANUP_FREE char *dcopy = NULL, *bcopy = NULL;
+  const char *dir, *base;
+  size_t blen;
+  DIR *d;
+  struct dirent *e;
+
+  if ((dcopy = strdup (real ? real : path)) == NULL ||
+      (bcopy = strdup (real ? real : path)) == NULL)
+    return;
+  dir = dirname (dcopy);
+  base = basename (bcopy);
+  blen = strlen (base);
+  d = opendir (dir);
+  if (d == NULL)
+    return;
+  while ((e = readdir (d)) != NULL) {
+    CLEANUP_FREE char *full = NULL;
+    if (strlen (e->d_name) != blen + ATOMIC_FILE_SUFFIX_LEN ||
+        strncmp (e->d_name, base, blen) != 0 ||
+        strncmp (e->d_name + blen, ATOMIC_FILE_SUFFIX,
+                 strlen (ATOMIC_FILE_SUFFIX)) != 0)
+      continue;
+    if (asprintf (&full, "%s/%s", dir, e->d_name) == -1)
+      break;
+    if (unlink (full) == 0)
+      log ("%s: removed %s, left by a writer killed while rewriting the "
+           "file", path, full);
+  }
+  closedir (d);
+}
+
 /* Rewrite the file in the canonical layout, with in_use set on the tracked
  * bitmaps in qemu mode, then start tracking.  Returns as qcow2_commit: 1
  * means tracking started on a committed file whose directory entry is not
  * yet durable (ERR says why).
  */
-static int
-commit_and_track (struct tracker *tr, const uint32_t *old_flags,
-                  struct dbm_err *err)
+int
+tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
+                          struct dbm_err *err)
 {
   int r = 0;
 
@@ -364,6 +268,8 @@ commit_and_track (struct tracker *tr, const uint32_t *old_flags,
     ? tr->cfg.region_size : 0;
   uint32_t i;
 
+  /* The first write of this run, whether the file exists or not. */
+  remove_stale_temporaries (tr->cfg.path, tr->cfg.log);
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
     if (tr->cfg.mode == TRACKER_QEMU && tracker_is_tracked (tr, b))
@@ -409,44 +315,6 @@ any_enabled (const struct qcow2_image *img)
   return false;
 }
 
-/* A writer killed inside a rewrite (qcow2_commit) leaves its temporary
- * file PATH.tmpXXXXXX behind.  We hold the write lock on PATH, and every
- * rewriter takes it first, so any such file is dead: remove it.
- */
-static void
-remove_stale_temporaries (const char *path, void (*log) (const char *fmt, ...))
-{
-  CLEANUP_FREE char *real = realpath (path, NULL);
-  CLEANUP_FREE char *dcopy = NULL, *bcopy = NULL;
-  const char *dir, *base;
-  size_t blen;
-  DIR *d;
-  struct dirent *e;
-
-  if (real == NULL || (dcopy = strdup (real)) == NULL ||
-      (bcopy = strdup (real)) == NULL)
-    return;
-  dir = dirname (dcopy);
-  base = basename (bcopy);
-  blen = strlen (base);
-  d = opendir (dir);
-  if (d == NULL)
-    return;
-  while ((e = readdir (d)) != NULL) {
-    CLEANUP_FREE char *full = NULL;
-    if (strlen (e->d_name) != blen + ATOMIC_FILE_SUFFIX_LEN ||
-        strncmp (e->d_name, base, blen) != 0 ||
-        strncmp (e->d_name + blen, ATOMIC_FILE_SUFFIX,
-                 strlen (ATOMIC_FILE_SUFFIX)) != 0)
-      continue;
-    if (asprintf (&full, "%s/%s", dir, e->d_name) == -1)
-      break;
-    if (unlink (full) == 0)
-      log ("%s: removed %s, left by a writer killed while rewriting the "
-           "file", path, full);
-  }
-  closedir (d);
-}
 
 int
 tracker_open (const struct tracker_config *cfg, struct tracker **trp,
@@ -462,7 +330,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   if (tr == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
   tr->cfg = *cfg;
-  atomic_init (&tr->set, &empty_set);
+  atomic_init (&tr->set, &tracker_empty_set);
   if (tr->cfg.log == NULL)
     tr->cfg.log = nolog;
   pthread_mutex_init (&tr->persist_lock, NULL);
@@ -597,8 +465,7 @@ tracker_activate (struct tracker *tr, struct dbm_err *err)
   int r;
 
   if (!atomic_load (&tr->active)) {
-    remove_stale_temporaries (tr->cfg.path, tr->cfg.log);
-    r = commit_and_track (tr, tr->open_flags, err);
+    r = tracker_commit_and_track (tr, tr->open_flags, err);
     if (r != 0)
       return -1;
   }
@@ -607,222 +474,9 @@ tracker_activate (struct tracker *tr, struct dbm_err *err)
   return 0;
 }
 
-/* The smallest cluster size whose L1 table can describe a disk of SIZE
- * bytes (QEMU's limit: 32 MiB of L1), or 0 if none can: QEMU's qcow2
- * cannot describe a disk larger than 2 EiB, even with 2 MiB clusters.
- */
-static unsigned
-cluster_bits_for (uint64_t size)
-{
-  unsigned c;
-
-  for (c = QCOW2_DEFAULT_CLUSTER_BITS; c <= QCOW2_MAX_CLUSTER_BITS; ++c) {
-    uint64_t per_l1 = (UINT64_C (1) << (c - 3)) << c;   /* C/8 L2 entries */
-    uint64_t entries = size / per_l1 + (size % per_l1 != 0);
-    if (entries <= QCOW2_MAX_L1_BYTES / 8)
-      return c;
-  }
-  return 0;
-}
-
-/* The granularity of a bitmap we create for SIZE bytes: the configured
- * one, or if that is the default and too fine for the export, the finest
- * that fits (logged).  -1 with the reason if none does.
- */
-static int
-granularity_for (struct tracker *tr, uint64_t size, unsigned cluster_bits,
-                 unsigned *gp, struct dbm_err *err)
-{
-  unsigned g = tr->cfg.granularity_bits;
-
-  if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g, cluster_bits,
-                                 err) == 0) {
-    *gp = g;
-    return 0;
-  }
-  if (!tr->cfg.granularity_default)
-    return -1;
-  while (++g <= BME_MAX_GRANULARITY_BITS)
-    if (qcow2_check_bitmap_params (size, tr->cfg.bitmap_name, g,
-                                   cluster_bits, err) == 0) {
-      tr->cfg.log ("%s: bitmap '%s': the default granularity %" PRIu64
-                   " is too fine for a %" PRIu64 "-byte export (a bitmap "
-                   "holds at most 512 MiB); using %" PRIu64, tr->cfg.path,
-                   tr->cfg.bitmap_name,
-                   UINT64_C (1) << tr->cfg.granularity_bits, size,
-                   UINT64_C (1) << g);
-      *gp = g;
-      return 0;
-    }
-  return -1;
-}
-
-int
-tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
-{
-  uint64_t want = (size + 511) & ~UINT64_C (511);
-  uint64_t have;
-  bool created = false;
-  unsigned g;
-  int r;
-
-  if (size == 0)
-    return 0;
-  if (tr->img && tracker_activate (tr, err) == -1)
-    return -1;
-  have = tracker_size (tr);
-  if (have) {
-    if (want < have)
-      return dbm_seterr (err, EINVAL, "%s: export size %" PRIu64 " (rounded "
-                         "up to %" PRIu64 ") is smaller than the size %" PRIu64
-                         " of bitmap '%s' in the file: shrinking is not "
-                         "supported", tr->cfg.path, size, want, have,
-                         tr->cfg.bitmap_name);
-    if (want > have)
-      return tracker_grow (tr, want, err);
-    return 0;
-  }
-  if (tr->img == NULL) {
-    bool draft = tr->cfg.layout == QCOW2_LAYOUT_DRAFT2015;
-    unsigned c = draft ? QCOW2_DEFAULT_CLUSTER_BITS : cluster_bits_for (want);
-
-    if (c == 0)
-      return dbm_seterr (err, EFBIG, "%s: the export (%" PRIu64 " bytes) is "
-                         "larger than any qcow2 file can describe (2 EiB, "
-                         "with 2 MiB clusters); it cannot be tracked in "
-                         "QEMU's layout", tr->cfg.path, size);
-    tr->img = qcow2_new (draft ? 0 : size, c, tr->cfg.layout, err);
-    if (tr->img == NULL)
-      return -1;
-    created = true;
-  }
-  if (granularity_for (tr, size, tr->img->cluster_bits, &g, err) == -1) {
-    if (created) {
-      qcow2_close (tr->img);
-      tr->img = NULL;
-    }
-    return -1;
-  }
-  r = qcow2_add_bitmap (tr->img, tr->cfg.bitmap_name, g,
-                        tr->img->layout == QCOW2_LAYOUT_QEMU ? BME_FLAG_AUTO : 0,
-                        size, err);
-  if (r == 0)
-    r = commit_and_track (tr, NULL, err);
-  if (r == 1)
-    return -1;          /* tracking, but not durable yet: retried next time */
-  if (r == -1) {
-    if (created) {
-      qcow2_close (tr->img);
-      tr->img = NULL;
-    }
-    else {
-      int i = qcow2_find_bitmap (tr->img, tr->cfg.bitmap_name);
-      if (i >= 0)
-        qcow2_remove_bitmap (tr->img, i);
-    }
-    return -1;
-  }
-  if (created)
-    tr->cfg.log ("created %s (%s layout): bitmap '%s' for %" PRIu64 " bytes",
-                 tr->cfg.path, qcow2_layout_name (tr->img->layout),
-                 tr->cfg.bitmap_name, want);
-  return 0;
-}
-
-static inline bool
-region_test (_Atomic uint64_t *a, uint64_t r)
-{
-  return (atomic_load (&a[r >> 6]) >> (r & 63)) & 1;
-}
-
-static inline void
-region_set (_Atomic uint64_t *a, uint64_t r)
-{
-  uint64_t m = UINT64_C (1) << (r & 63);
-  if ((atomic_load (&a[r >> 6]) & m) == 0)
-    atomic_fetch_or (&a[r >> 6], m);
-}
-
-/* Write region R of T on disk as all-ones (bits beyond the disk stay 0),
- * or as its exact bits.  Caller holds arm_lock.
- */
-static int
-write_region (struct tracker *tr, struct tracked_state *t, uint64_t r,
-              bool ones, struct dbm_err *err)
-{
-  uint64_t first = r << t->region_shift;
-  uint64_t nbits = t->bits->nbits;
-  uint64_t last = first + (UINT64_C (1) << t->region_shift);
-  uint64_t off = first / 8, len;
-  CLEANUP_FREE unsigned char *buf = NULL;
-
-  if (first >= nbits)
-    return 0;
-  if (last > nbits)
-    last = nbits;
-  len = (last - first + 7) / 8;
-  buf = malloc (len);
-  if (buf == NULL)
-    return dbm_seterr (err, ENOMEM, "out of memory");
-  if (ones) {
-    memset (buf, 0xff, len);
-    if ((last - first) % 8)
-      buf[len - 1] = (1U << ((last - first) % 8)) - 1;
-  }
-  else
-    bitmap_export (t->bits, off, buf, len);
-  return qcow2_write_data (tr->img, t->idx, off, buf, len, err);
-}
-
-/* Group commit: one fdatasync covers every write sequenced before it. */
-static int
-sync_upto (struct tracker *tr, uint64_t seq, struct dbm_err *err)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
-  uint64_t target;
-
-  if (tr->synced_seq >= seq)
-    return 0;
-  target = atomic_load (&tr->write_seq);
-  if (qcow2_sync (tr->img, err) == -1)
-    return -1;
-  tr->synced_seq = target;
-  return 0;
-}
-
-/* Slow path of a first write into region R: make it all-ones on disk.
- * A retired bitmap is final on disk: the caller's write lands in the set
- * that replaced it (the caller re-marks there), so it is left alone.
- */
-static int
-arm_region (struct tracker *tr, struct tracked_state *t, uint64_t r)
-{
-  struct dbm_err err;
-  uint64_t seq;
-
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
-    if (region_test (t->armed, r) || atomic_load (&t->retired))
-      return 0;
-    if (write_region (tr, t, r, true, &err) == -1) {
-      tr->cfg.log ("%s", err.msg);
-      errno = err.errnum ? err.errnum : EIO;
-      return -1;
-    }
-    seq = atomic_fetch_add (&tr->write_seq, 1) + 1;
-  }
-  if (sync_upto (tr, seq, &err) == -1) {
-    tr->cfg.log ("%s", err.msg);
-    errno = err.errnum ? err.errnum : EIO;
-    return -1;
-  }
-  region_set (t->armed, r);
-  return 0;
-}
-
 /* Write the in_use flag of every tracked bitmap (set or clear) and sync. */
-static int
-write_tracked_in_use (struct tracker *tr, bool in_use, struct dbm_err *err)
+int
+tracker_write_in_use (struct tracker *tr, bool in_use, struct dbm_err *err)
 {
   struct track_set *s = atomic_load (&tr->set);
   size_t i;
@@ -849,7 +503,7 @@ reassert_in_use (struct tracker *tr)
 
   if (!atomic_load (&tr->in_use_cleared))
     return 0;
-  if (write_tracked_in_use (tr, true, &err) == -1) {
+  if (tracker_write_in_use (tr, true, &err) == -1) {
     tr->cfg.log ("%s", err.msg);
     errno = err.errnum ? err.errnum : EIO;
     return -1;
@@ -894,7 +548,7 @@ mark_set (struct tracker *tr, const struct track_set *s, uint64_t offset,
     rl = last >> t->region_shift;
     for (r = first >> t->region_shift; r <= rl; ++r) {
       region_set (t->touched, r);
-      if (!region_test (t->armed, r) && arm_region (tr, t, r) == -1)
+      if (!region_test (t->armed, r) && regions_arm (tr, t, r) == -1)
         return -1;
     }
   }
@@ -951,40 +605,30 @@ mark_is_noop (const struct tracker *tr, const struct track_set *s,
 int
 tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
 {
+  struct epoch_slot *e = epoch_enter ();
   const struct track_set *s = atomic_load (&tr->set);
+  int r = 0;
 
   DBM_TEST_HOOK (DBM_HOOK_MARK_LOADED);
-  if (count == 0)
-    return 0;
-  if (mark_is_noop (tr, s, offset, count) && atomic_load (&tr->set) == s)
-    return 0;
-  return mark_slow (tr, s, offset, count);
+  if (count != 0 &&
+      !(mark_is_noop (tr, s, offset, count) && atomic_load (&tr->set) == s))
+    r = mark_slow (tr, s, offset, count);
+  epoch_leave (e);
+  return r;
 }
 
 bool
 tracker_dirty (struct tracker *tr)
 {
+  struct epoch_slot *e = epoch_enter ();
   const struct track_set *s = atomic_load (&tr->set);
+  bool r = false;
   size_t i;
 
-  for (i = 0; i < s->nt; ++i)
-    if (atomic_load (&s->t[i].st->bits->any_changed))
-      return true;
-  return false;
-}
-
-void
-tracker_reflag_model (struct qcow2_image *img)
-{
-  uint32_t i;
-  uint64_t leaf;
-
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct bitmap *bm = img->bitmaps[i].bits;
-    for (leaf = 0; bm && leaf < bm->nleaves; ++leaf)
-      if (bitmap_leaf_present (bm, leaf))
-        bitmap_set_changed (bm, leaf);
-  }
+  for (i = 0; !r && i < s->nt; ++i)
+    r = atomic_load (&s->t[i].st->bits->any_changed);
+  epoch_leave (e);
+  return r;
 }
 
 static void
@@ -1012,66 +656,6 @@ persist_changed_leaves (struct tracker *tr, bool *wrote, struct dbm_err *err)
   for (i = 0; i < s->nt; ++i)
     if (qcow2_write_changed (tr->img, s->t[i].st->idx, wrote, err) == -1)
       return -1;
-  return 0;
-}
-
-/* crash-safe mode: the persist cut.  Clear "touched"; then each armed
- * region nobody touched since is disarmed and written exact.  The
- * disarm-then-recheck of touched pairs with the writer's
- * set-touched-then-check-armed (both seq_cst), so a concurrent first write
- * either keeps the region armed or takes the slow path after us.
- */
-static int
-persist_regions (struct tracker *tr, bool *wrote, struct dbm_err *err)
-{
-  const struct track_set *s = atomic_load (&tr->set);
-  size_t i;
-  uint64_t w, k;
-
-  for (i = 0; i < s->nt; ++i) {
-    struct tracked_state *t = s->t[i].st;
-    /* Leaves are written as regions; the changed flags are not needed,
-     * but any_changed must be cleared before the scan, not after it: a bit
-     * flipped during the scan (in a region that then stays armed) sets it
-     * again, so that tracker_dirty asks for the next persist.
-     */
-    atomic_store (&t->bits->any_changed, false);
-    for (w = 0; w < (t->nregions + 63) / 64; ++w)
-      atomic_exchange (&t->touched[w], 0);
-  }
-
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
-  for (i = 0; i < s->nt; ++i) {
-    struct tracked_state *t = s->t[i].st;
-
-    for (w = 0; w < (t->nregions + 63) / 64; ++w) {
-      uint64_t cand = atomic_load (&t->armed[w]) & ~atomic_load (&t->touched[w]);
-      uint64_t keep, gone;
-
-      if (cand == 0)
-        continue;
-      atomic_fetch_and (&t->armed[w], ~cand);
-      keep = cand & atomic_load (&t->touched[w]);
-      if (keep)
-        atomic_fetch_or (&t->armed[w], keep);
-      gone = cand & ~keep;
-      for (k = 0; k < 64; ++k) {
-        if (!((gone >> k) & 1))
-          continue;
-        if (write_region (tr, t, w * 64 + k, false, err) == -1)
-          /* These regions stay disarmed: on disk they are all-ones or
-           * exact, both covering every write forwarded so far, and the
-           * next write into one re-marks it (and syncs) before it is
-           * forwarded.  Re-arming them here would let a write skip that.
-           */
-          return -1;
-        *wrote = true;
-      }
-    }
-    DBM_TEST_HOOK (DBM_HOOK_PERSIST_SCANNED);
-  }
-  if (*wrote && qcow2_sync (tr->img, err) == -1)
-    return -1;
   return 0;
 }
 
@@ -1104,7 +688,7 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
   if (check_file (tr, err) == -1)
     return -1;
   if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
-    if (persist_regions (tr, &wrote, err) == -1)
+    if (regions_persist (tr, &wrote, err) == -1)
       return -1;
   }
   else if (persist_changed_leaves (tr, &wrote, err) == -1 ||
@@ -1117,6 +701,7 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
     return -1;
   }
   tr->last_persist = time (NULL);
+  epoch_reclaim ();             /* what model changes retired meanwhile */
   return 0;
 }
 
@@ -1132,20 +717,6 @@ tracker_flush (struct tracker *tr, struct dbm_err *err)
     return -1;
   /* Arming writes are synced already; a rewrite's directory may not be. */
   return tr->img->dir_sync_pending ? qcow2_sync (tr->img, err) : 0;
-}
-
-int
-tracker_save (struct tracker *tr, struct dbm_err *err)
-{
-  struct dbm_err ignored;
-
-  if (tr->img == NULL || !atomic_load (&tr->active))
-    return 0;
-  /* The file changed behind our back: the bits in memory are the truth. */
-  if (qcow2_check_identity (tr->img, tr->cfg.path, &ignored) == -1 &&
-      tracker_rewrite (tr, err) == -1)
-    return -1;
-  return tracker_persist (tr, err);
 }
 
 int
@@ -1166,31 +737,8 @@ tracker_quiesce (struct tracker *tr, struct dbm_err *err)
    * harmless if it was never cleared and needed if it partly was.
    */
   if (tracker_persist (tr, err) == -1 ||
-      write_tracked_in_use (tr, false, err) == -1)
+      tracker_write_in_use (tr, false, err) == -1)
     return -1;
   return 0;
 }
 
-int
-tracker_close (struct tracker *tr, struct dbm_err *err)
-{
-  int r = 0;
-
-  if (tr->img == NULL || !atomic_load (&tr->active)) {
-    tracker_free (tr);          /* never written: leave the file alone */
-    return 0;
-  }
-  if (tracker_save (tr, err) == -1)
-    r = -1;
-  /* Only after the data is durable may in_use be cleared. */
-  if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU)
-    r = write_tracked_in_use (tr, false, err);
-  if (r == 0 && tr->img) {
-    r = qcow2_write_state (tr->img, tr->img->dbm_state & ~DBM_STATE_RUNNING,
-                           err);
-    if (r == 0)
-      r = qcow2_sync (tr->img, err);
-  }
-  tracker_free (tr);
-  return r;
-}

@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "epoch.h"
 #include "qcow2.h"
 #include "test-hooks.h"
 
@@ -79,8 +80,8 @@ struct tracked {
 };
 
 /* The bitmaps a write must be recorded in.  Immutable once published;
- * replaced as a whole (checkpoint, growth), and kept until the tracker is
- * freed, since a writer may still be reading an old one.  A writer that
+ * replaced as a whole (checkpoint, growth), and freed through epoch.h
+ * once no writer can still be reading it.  A writer that
  * finds the set replaced after marking marks again in the new one: so
  * every write lands in the bitmaps before a cut, after it, or both.
  */
@@ -113,8 +114,10 @@ struct tracker {
   _Atomic bool in_use_cleared;
   pthread_mutex_t quiesce_lock;
 
-  /* Owned here and freed only by tracker_free, because writers may hold
-   * pointers to them after they stop being current.
+  /* Every set, state and bitmap storage alive (published, or in the
+   * model).  One that stops being reachable is taken off its list and
+   * retired (epoch.h): freed once no writer can still hold a pointer to
+   * it.  tracker_free frees the rest.
    */
   struct track_set **sets;
   size_t nsets;
@@ -199,16 +202,23 @@ tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
 static inline __attribute__ ((always_inline)) bool
 tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
 {
-  const struct track_set *s = atomic_load (&tr->set);
+  struct epoch_slot *e = epoch_try_enter ();
+  const struct track_set *s;
+  bool r;
 
+  if (e == NULL)
+    return false;
+  s = atomic_load (&tr->set);
   DBM_TEST_HOOK (DBM_HOOK_NOOP_LOADED);
   /* The set is loaded again after the bits: if a cut replaced it since,
    * the bits seen may have been set by a marker after the old bitmap was
    * saved, so the general path must mark the new set (as mark_slow).
    */
-  return s->nt == 1 &&
+  r = s->nt == 1 &&
     !atomic_load_explicit (&tr->in_use_cleared, memory_order_relaxed) &&
     tracked_is_noop (&s->t[0], offset, count) && atomic_load (&tr->set) == s;
+  epoch_leave (e);
+  return r;
 }
 
 /* Make the file reflect every bit set before the call began, durably.

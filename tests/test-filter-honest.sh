@@ -56,7 +56,8 @@ for mode in crash-safe qemu; do
             2> log.$mode.$how &
         p=$!
         cleanup_fn "kill -9 $p 2>/dev/null"
-        for i in $(seq 100); do [ -S ctl.$mode.$how ] && break; sleep 0.05; done
+        for i in $(seq 600); do [ -S ctl.$mode.$how ] && break; sleep 0.05; done
+        [ -S ctl.$mode.$how ] || fail "$mode/$how: nbdkit did not start"
         uri="nbd+unix:///?socket=$PWD/sock.$mode.$how"
         nbdsh -u "$uri" -c 'h.pwrite(b"a" * 512, 1 << 20); h.flush()'
         damage $how $f
@@ -105,7 +106,8 @@ if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then
             bitmap-mode=$mode bitmap-persist-interval=86400 2> err.$mode &
         p=$!
         cleanup_fn "kill -9 $p 2>/dev/null"
-        for i in $(seq 100); do [ -S sock.full.$mode ] && break; sleep 0.05; done
+        for i in $(seq 600); do [ -S sock.full.$mode ] && break; sleep 0.05; done
+        [ -S sock.full.$mode ] || fail "$mode: nbdkit did not start (full fs)"
         # Writes scattered over many bitmap pages, then a full filesystem.
         nbdsh -u "nbd+unix:///?socket=$PWD/sock.full.$mode" -c '
 for i in range(200):
@@ -175,6 +177,23 @@ grep -q "larger than any qcow2 file can describe" err && grep -q "served read-on
     bitmap-file=$PWD/fine.qcow2 --run 'nbdsh -u "$uri" -c pass' 2> err &&
     fail "a too-fine chosen granularity was accepted"
 grep -q "granularity 65536 is too fine" err || { cat err; fail "too-fine message"; }
+
+# Exports smaller than a sector are tracked in one 512-byte sector.
+for sz in 1 32 511; do
+    rm -f tiny.qcow2
+    "$NBDKIT" -U - --filter="$FILTER" memory $sz bitmap-file=$PWD/tiny.qcow2 \
+        --run 'nbdsh -u "$uri" -c "h.pwrite(b\"x\", h.get_size() - 1)"' 2> err ||
+        { cat err; fail "size $sz: not served"; }
+    [ "$(map_ours tiny.qcow2 dirtybitmap)" = "0 512" ] || fail "size $sz: map"
+done
+
+# A temporary left by a creation killed before its rename is removed when
+# the file is created.
+echo junk > new.qcow2.tmpXyZ789
+"$NBDKIT" -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/new.qcow2 \
+    --run 'nbdsh -u "$uri" -c pass' 2> err
+[ -f new.qcow2 ] && [ ! -e new.qcow2.tmpXyZ789 ] ||
+    { cat err; fail "a stale temporary of a creation was not removed"; }
 
 # Size 0: served, nothing to track, no file.
 for plugin in "null 0" "memory 0"; do

@@ -56,7 +56,8 @@ open("port", "w").write(str(s.getsockname()[1])); sys.stdout.flush()
 time.sleep(30)' &
 holder=$!
 cleanup_fn "kill $holder 2>/dev/null"
-for i in $(seq 50); do [ -s port ] && break; sleep 0.1; done
+for i in $(seq 300); do [ -s port ] && break; sleep 0.1; done
+[ -s port ] || fail "the port holder did not start"
 set +e
 "$NBDKIT" -i 127.0.0.1 -p "$(cat port)" --filter="$FILTER" memory $size \
     bitmap-file=$f bitmap-mode=qemu bitmap-control=$PWD/c3.sock 2> err; rc=$?
@@ -86,12 +87,14 @@ for i in $(seq 10); do
         bitmap-file=$PWD/q$i.qcow2 bitmap-mode=qemu &
     p=$!
     cleanup_fn "kill -9 $p 2>/dev/null"
-    for (( j=0; j<100; j++ )); do [ -S sq$i.sock ] && break; sleep 0.05; done
-    nbdsh -u "nbd+unix:///?socket=$PWD/sq$i.sock" -c 'h.pwrite(b"x" * 512, 0)'
+    for (( j=0; j<600; j++ )); do [ -S sq$i.sock ] && break; sleep 0.05; done
+    [ -S sq$i.sock ] || fail "round $i: nbdkit did not start"
+    nbdsh -u "nbd+unix:///?socket=$PWD/sq$i.sock" -c 'h.pwrite(b"x" * 512, 0)' ||
+        fail "round $i: the write failed"
     ( while kill -TERM $p 2>/dev/null; do :; done ) &
     spammer=$!
     set +e; wait $p; rc=$?; set -e
-    kill $spammer 2>/dev/null; wait $spammer 2>/dev/null || true
+    kill $spammer 2>/dev/null || true; wait $spammer 2>/dev/null || true
     [ $rc -eq 0 ] || fail "round $i: nbdkit exited with status $rc under repeated SIGTERM"
     qemu_check $PWD/q$i.qcow2
     qemu-img info --output=json $PWD/q$i.qcow2 | grep -q '"in-use"' &&

@@ -80,6 +80,10 @@ static _Atomic bool writer_noop;
 static void *
 writer (void *arg)
 {
+  /* A thread's first tracker call registers its epoch slot; the inline
+   * check of an unregistered thread always says "take the general path".
+   */
+  epoch_leave (epoch_enter ());
   role = WRITER;
   if (use_inline)
     atomic_store (&writer_noop, tracker_mark_is_noop (tr, target, 512));

@@ -10,4 +10,5 @@ clang -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -g -O1 -DHAVE_CONFIG_H -I"$builddir" -I"$src/common" \
     "$src/tests/fuzz/fuzz-qcow2.c" "$src/common/bitmap.c" \
     "$src/common/dbm-error.c" "$src/common/qcow2-open.c" \
-    "$src/common/qcow2-write.c" -o "$out"
+    "$src/common/qcow2-write.c" "$src/common/qcow2-watch.c" \
+    "$src/common/atomic-file.c" -o "$out"

@@ -1,0 +1,180 @@
+/* The crash-safe region protocol (bitmap-mode=crash-safe).
+ *
+ * Each tracked bitmap is cut into regions (bitmap-region bytes of disk,
+ * a whole number of 64-bit words of bits).  A region of a tracked state
+ * is, on disk and in memory:
+ *
+ *   EXACT     its bits on disk are the exact bits (armed bit 0)
+ *   ARMING    a first writer holds arm_lock and writes it all-ones
+ *   ARMED     all-ones on disk and synced (armed bit 1); writes into it
+ *             need no file I/O
+ *   back to EXACT at a persist: regions armed and not touched since the
+ *             persist's cut are disarmed, then written exact
+ *
+ * Transitions and what guards them:
+ *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the armed bit
+ *                              is set only after the group-committed sync
+ *                              (sync_lock) covering the all-ones write
+ *   ARMED -> EXACT             regions_persist, under persist_lock and
+ *                              arm_lock; the writer's order "set bits,
+ *                              set touched, load armed" and the persist's
+ *                              "clear touched, clear armed, re-load
+ *                              touched" are all seq_cst (a Dekker pair):
+ *                              a racing first write either keeps the
+ *                              region armed or finds it disarmed and
+ *                              arms it again
+ *   ARMED -> EXACT (all)       a rewrite that carries the bitmap over
+ *                              (tracker_remove, tracker_rewrite), under
+ *                              all four locks, before its commit
+ *   any -> retired             the state's bitmap stopped being tracked
+ *                              (st->retired): never armed again
+ *
+ * Invariant: at every instant the file, with in_use clear, covers every
+ * write forwarded: a write is forwarded only once its region is ARMED,
+ * or its bits were exported by the last EXACT write.
+ */
+#include <config.h>
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "regions.h"
+
+/* Write region R of T on disk as all-ones (bits beyond the disk stay 0),
+ * or as its exact bits.  Caller holds arm_lock.
+ */
+static int
+write_region (struct tracker *tr, struct tracked_state *t, uint64_t r,
+              bool ones, struct dbm_err *err)
+{
+  uint64_t first = r << t->region_shift;
+  uint64_t nbits = t->bits->nbits;
+  uint64_t last = first + (UINT64_C (1) << t->region_shift);
+  uint64_t off = first / 8, len;
+  CLEANUP_FREE unsigned char *buf = NULL;
+
+  if (first >= nbits)
+    return 0;
+  if (last > nbits)
+    last = nbits;
+  len = (last - first + 7) / 8;
+  buf = malloc (len);
+  if (buf == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  if (ones) {
+    memset (buf, 0xff, len);
+    if ((last - first) % 8)
+      buf[len - 1] = (1U << ((last - first) % 8)) - 1;
+  }
+  else
+    bitmap_export (t->bits, off, buf, len);
+  return qcow2_write_data (tr->img, t->idx, off, buf, len, err);
+}
+
+/* Group commit: one fdatasync covers every write sequenced before it. */
+static int
+sync_upto (struct tracker *tr, uint64_t seq, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
+  uint64_t target;
+
+  if (tr->synced_seq >= seq)
+    return 0;
+  target = atomic_load (&tr->write_seq);
+  if (qcow2_sync (tr->img, err) == -1)
+    return -1;
+  tr->synced_seq = target;
+  return 0;
+}
+
+/* Slow path of a first write into region R: make it all-ones on disk.
+ * A retired bitmap is final on disk: the caller's write lands in the set
+ * that replaced it (the caller re-marks there), so it is left alone.
+ */
+int
+regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
+{
+  struct dbm_err err;
+  uint64_t seq;
+
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+    if (region_test (t->armed, r) || atomic_load (&t->retired))
+      return 0;
+    if (write_region (tr, t, r, true, &err) == -1) {
+      tr->cfg.log ("%s", err.msg);
+      errno = err.errnum ? err.errnum : EIO;
+      return -1;
+    }
+    seq = atomic_fetch_add (&tr->write_seq, 1) + 1;
+  }
+  if (sync_upto (tr, seq, &err) == -1) {
+    tr->cfg.log ("%s", err.msg);
+    errno = err.errnum ? err.errnum : EIO;
+    return -1;
+  }
+  region_set (t->armed, r);
+  return 0;
+}
+
+/* crash-safe mode: the persist cut.  Clear "touched"; then each armed
+ * region nobody touched since is disarmed and written exact.  The
+ * disarm-then-recheck of touched pairs with the writer's
+ * set-touched-then-check-armed (both seq_cst), so a concurrent first write
+ * either keeps the region armed or takes the slow path after us.
+ */
+int
+regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+  size_t i;
+  uint64_t w, k;
+
+  for (i = 0; i < s->nt; ++i) {
+    struct tracked_state *t = s->t[i].st;
+    /* Leaves are written as regions; the changed flags are not needed,
+     * but any_changed must be cleared before the scan, not after it: a bit
+     * flipped during the scan (in a region that then stays armed) sets it
+     * again, so that tracker_dirty asks for the next persist.
+     */
+    atomic_store (&t->bits->any_changed, false);
+    for (w = 0; w < (t->nregions + 63) / 64; ++w)
+      atomic_exchange (&t->touched[w], 0);
+  }
+
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+  for (i = 0; i < s->nt; ++i) {
+    struct tracked_state *t = s->t[i].st;
+
+    for (w = 0; w < (t->nregions + 63) / 64; ++w) {
+      uint64_t cand = atomic_load (&t->armed[w]) & ~atomic_load (&t->touched[w]);
+      uint64_t keep, gone;
+
+      if (cand == 0)
+        continue;
+      atomic_fetch_and (&t->armed[w], ~cand);
+      keep = cand & atomic_load (&t->touched[w]);
+      if (keep)
+        atomic_fetch_or (&t->armed[w], keep);
+      gone = cand & ~keep;
+      for (k = 0; k < 64; ++k) {
+        if (!((gone >> k) & 1))
+          continue;
+        if (write_region (tr, t, w * 64 + k, false, err) == -1)
+          /* These regions stay disarmed: on disk they are all-ones or
+           * exact, both covering every write forwarded so far, and the
+           * next write into one re-marks it (and syncs) before it is
+           * forwarded.  Re-arming them here would let a write skip that.
+           */
+          return -1;
+        *wrote = true;
+      }
+    }
+    DBM_TEST_HOOK (DBM_HOOK_PERSIST_SCANNED);
+  }
+  if (*wrote && qcow2_sync (tr->img, err) == -1)
+    return -1;
+  return 0;
+}

@@ -1,0 +1,83 @@
+/* The status line of the control socket: one JSON object describing the
+ * file and its bitmaps.  Reads the tracker, changes nothing.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cleanup.h"
+#include "tracker-internal.h"
+
+/* JSON string: quote, backslash and control bytes escaped; other bytes
+ * as they are (a name is bytes, usually UTF-8).
+ */
+static void
+put_json_string (FILE *f, const char *s)
+{
+  fputc ('"', f);
+  for (; *s; ++s) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      fprintf (f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf (f, "\\u%04x", c);
+    else
+      fputc (c, f);
+  }
+  fputc ('"', f);
+}
+
+char *
+tracker_status_json (struct tracker *tr, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
+  struct track_set *s = atomic_load (&tr->set);
+  char *buf = NULL;
+  size_t len = 0, k;
+  FILE *f = open_memstream (&buf, &len);
+  uint32_t i;
+
+  if (f == NULL) {
+    dbm_seterr (err, errno, "open_memstream: %m");
+    return NULL;
+  }
+  fputs ("{\"file\":", f);
+  put_json_string (f, tr->cfg.path);
+  fprintf (f, ",\"layout\":\"%s\",\"mode\":\"%s\",\"export_size\":%" PRIu64
+           ",\"generation\":%" PRIu64 ",\"last_persist\":%" PRId64
+           ",\"bitmaps\":[",
+           qcow2_layout_name (tr->img ? tr->img->layout : tr->cfg.layout),
+           tr->cfg.mode == TRACKER_QEMU ? "qemu" : "crash-safe",
+           tracker_size (tr), tr->generation, tr->last_persist);
+  for (i = 0; tr->img && i < tr->img->nb_bitmaps; ++i) {
+    struct qcow2_bitmap *b = &tr->img->bitmaps[i];
+    bool tracked = false;
+    uint64_t dirty = 0;
+
+    for (k = 0; k < s->nt; ++k)
+      tracked |= s->t[k].st->idx == (int) i;
+    if (b->bits && !b->inconsistent) {
+      dirty = bitmap_count (b->bits) << b->granularity_bits;
+      if (dirty > b->size)
+        dirty = b->size;
+    }
+    fputs (i ? ",{\"name\":" : "{\"name\":", f);
+    put_json_string (f, b->name);
+    fprintf (f, ",\"granularity\":%" PRIu64 ",\"enabled\":%s,\"in_use\":%s,"
+             "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 "}",
+             UINT64_C (1) << b->granularity_bits,
+             qcow2_bitmap_enabled (tr->img, b) ? "true" : "false",
+             (b->flags & BME_FLAG_IN_USE) ? "true" : "false",
+             tracked ? "true" : "false", dirty);
+  }
+  fputs ("]}", f);
+  if (fclose (f) != 0) {
+    free (buf);
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  return buf;
+}
