@@ -12,6 +12,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,7 @@ tracker_checkpoint (struct tracker *tr, const char *name,
                        "(bitmap-format=qemu)", tr->cfg.path);
   if (tracker_activate (tr, err) == -1)
     return -1;
+  assert (atomic_load (&tr->active));
   before = atomic_load (&tr->set);
   if (qcow2_find_bitmap (tr->img, name) >= 0)
     return dbm_seterr (err, EEXIST, "%s: bitmap '%s' already exists",
@@ -193,14 +195,15 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   adopt (tr, img2);
   tr->generation++;
   atomic_store (&tr->in_use_cleared, false);
+  tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
+               "bitmap(s) disabled and saved", tr->cfg.path, name,
+               before->nt);
+  /* Last use of BEFORE: reclaim may free it. */
   for (i = 0; i < before->nt; ++i)
     tracker_retire_state (tr, before->t[i].st);
   tracker_retire_set (tr, both);
   tracker_retire_set (tr, before);
   epoch_reclaim ();
-  tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
-               "bitmap(s) disabled and saved", tr->cfg.path, name,
-               before->nt);
   return not_durable (tr, r, "checkpoint", name, err);
 }
 
@@ -226,6 +229,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   uint32_t j;
   int r;
 
+  assert (atomic_load (&tr->active));
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
     return -1;

@@ -1,3 +1,26 @@
+/* The tracker: opening the file, bringing it into use, marking, persist,
+ * flush and quiesce (tracker.h has the two persistence modes).
+ *
+ * States of the tracker, and what moves it:
+ *
+ *   OPENED     tracker_open: the file (if any) validated and locked, the
+ *              in_use policy and a new bitmap applied in memory only;
+ *              tr->set is the empty set, nothing on disk has changed
+ *   ACTIVE     the first writer (tracker_set_size -> tracker_activate,
+ *              or a creation) wrote those changes (in_use in qemu mode,
+ *              the running state) and published the tracked set;
+ *              tr->active is set once, under the caller's serialisation
+ *              (the filter's size_lock), and never cleared
+ *   QUIESCED   qemu mode at the quit signal: bitmaps saved and in_use
+ *              cleared on disk (in_use_cleared, under quiesce_lock); a
+ *              mark that still arrives sets in_use again first
+ *   CLOSED     tracker_close: the final save, in_use cleared, running
+ *              state cleared; the tracker freed
+ *
+ * Model changes (tracker-model.c) need ACTIVE and hold, in order,
+ * quiesce_lock, persist_lock, arm_lock, sync_lock; markers hold none on
+ * the fast path and enter an epoch (epoch.h) while they read the set.
+ */
 #include <config.h>
 
 #include <assert.h>
@@ -463,6 +486,8 @@ int
 tracker_activate (struct tracker *tr, struct dbm_err *err)
 {
   int r;
+
+  assert (tr->img != NULL);
 
   if (!atomic_load (&tr->active)) {
     r = tracker_commit_and_track (tr, tr->open_flags, err);
