@@ -25,7 +25,10 @@
  *                              arms it again
  *   ARMED -> EXACT (all)       a rewrite that carries the bitmap over
  *                              (tracker_remove, tracker_rewrite), under
- *                              all four locks, before its commit
+ *                              all four locks, before its commit; it
+ *                              bumps arm_gen, so an arming whose write
+ *                              went to the old file arms again instead
+ *                              of setting the armed bit
  *   any -> retired             the state's bitmap stopped being tracked
  *                              (st->retired): never armed again
  *
@@ -97,26 +100,39 @@ int
 regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
 {
   struct dbm_err err;
-  uint64_t seq;
+  uint64_t seq, gen;
 
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
-    if (region_test (t->armed, r) || atomic_load (&t->retired))
-      return 0;
-    if (write_region (tr, t, r, true, &err) == -1) {
+  for (;;) {
+    {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+      if (region_test (t->armed, r) || atomic_load (&t->retired))
+        return 0;
+      gen = tr->arm_gen;
+      if (write_region (tr, t, r, true, &err) == -1) {
+        tr->cfg.log ("%s", err.msg);
+        errno = err.errnum ? err.errnum : EIO;
+        return -1;
+      }
+      seq = atomic_fetch_add (&tr->write_seq, 1) + 1;
+    }
+    DBM_TEST_HOOK (DBM_HOOK_ARM_WRITTEN);
+    if (sync_upto (tr, seq, &err) == -1) {
       tr->cfg.log ("%s", err.msg);
       errno = err.errnum ? err.errnum : EIO;
       return -1;
     }
-    seq = atomic_fetch_add (&tr->write_seq, 1) + 1;
+    {
+      ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
+      /* A rewrite (removal, tracker_rewrite) between our write and here
+       * wrote this region exact in a new file and disarmed everything:
+       * our all-ones went to the old file, so arm it again.
+       */
+      if (tr->arm_gen == gen) {
+        region_set (t->armed, r);
+        return 0;
+      }
+    }
   }
-  if (sync_upto (tr, seq, &err) == -1) {
-    tr->cfg.log ("%s", err.msg);
-    errno = err.errnum ? err.errnum : EIO;
-    return -1;
-  }
-  region_set (t->armed, r);
-  return 0;
 }
 
 /* crash-safe mode: the persist cut.  Clear "touched"; then each armed

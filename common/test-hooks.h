@@ -12,6 +12,8 @@ enum dbm_hook {
   DBM_HOOK_MARK_MARKED,         /* mark_slow: marked, set not yet re-read */
   DBM_HOOK_PERSIST_SCANNED,     /* persist_regions: a bitmap's regions
                                    scanned, arm_lock held */
+  DBM_HOOK_ARM_WRITTEN,         /* regions_arm: all-ones written, no lock
+                                   held, not yet synced */
 };
 
 #ifdef DBM_TEST_HOOKS

@@ -70,11 +70,12 @@ not_durable (struct tracker *tr, int r, const char *what, const char *name,
  * holds arm_lock.
  */
 static void
-disarm_all (const struct track_set *s)
+disarm_all (struct tracker *tr, const struct track_set *s)
 {
   size_t k;
   uint64_t w;
 
+  tr->arm_gen++;
   for (k = 0; k < s->nt; ++k)
     for (w = 0; w < (s->t[k].st->nregions + 63) / 64; ++w)
       atomic_store (&s->t[k].st->armed[w], 0);
@@ -254,16 +255,22 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
                                                       b->granularity_bits,
                                                       img2->cluster_bits,
                                                       err) == -1) {
-      struct dbm_err ignored;
+
+      uint32_t k;
 
       if (b->bits == NULL)
         dbm_seterr (err, ENOMEM, "out of memory");
       bitmap_delete (b->bits);
       b->bits = NULL;
-      /* The storage made for the bitmaps before this one: let the
-       * tracker free it (nobody else refers to it yet).
+      /* The storage made for the bitmaps before this one: nobody else
+       * refers to it yet (growth is retried at every connection, so
+       * nothing may be left behind).
        */
-      tracker_own_bitmaps (tr, img2, &ignored);
+      for (k = 0; k < j; ++k)
+        if (grows[k]) {
+          bitmap_delete (img2->bitmaps[k].bits);
+          img2->bitmaps[k].bits = NULL;
+        }
       tracker_drop_model (img2);
       return -1;
     }
@@ -274,15 +281,11 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   }
   for (i = 0; i < before->nt; ++i)
     if ((states[i] = tracker_new_state (tr, img2, before->t[i].st->idx,
-                                        err)) == NULL) {
-      tracker_drop_model (img2);
-      return -1;
-    }
+                                        err)) == NULL)
+      goto abandon;
   after = tracker_new_set (tr, states, before->nt, err);
-  if (after == NULL) {
-    tracker_drop_model (img2);
-    return -1;
-  }
+  if (after == NULL)
+    goto abandon;
 
   /* Publish before copying: a marker still on the old set either set its
    * bits before the copy reads them, or re-checks and marks the new set.
@@ -338,6 +341,18 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
       tracker_retire_bitmap (tr, img2->bitmaps[j].bits);
   undo (tr, img2);
   return -1;
+
+ abandon:
+  /* Nothing was published: give back what was built. */
+  for (i = 0; i < before->nt && states[i]; ++i) {
+    atomic_store (&states[i]->retired, true);
+    tracker_retire_state (tr, states[i]);
+  }
+  for (j = 0; j < img2->nb_bitmaps; ++j)
+    if (grows[j])
+      tracker_retire_bitmap (tr, img2->bitmaps[j].bits);
+  tracker_drop_model (img2);
+  return -1;
 }
 
 int
@@ -371,7 +386,7 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
     return -1;
   img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
   qcow2_remove_bitmap (img2, i);
-  disarm_all (s);
+  disarm_all (tr, s);
   r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
                      qemu_lock_new_file, err);
   if (r == -1) {
@@ -404,7 +419,7 @@ tracker_rewrite (struct tracker *tr, struct dbm_err *err)
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
     return -1;
-  disarm_all (s);
+  disarm_all (tr, s);
   r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
                      qemu_lock_new_file, err);
   if (r == -1) {
@@ -530,6 +545,10 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
     if (created) {
       qcow2_close (tr->img);
       tr->img = NULL;
+      if (err->errnum == EEXIST)
+        dbm_seterr (err, EEXIST, "%s: the file appeared after nbdkit "
+                    "started (another writer?): not overwriting it; "
+                    "restart nbdkit to use it", tr->cfg.path);
     }
     else {
       int i = qcow2_find_bitmap (tr->img, tr->cfg.bitmap_name);

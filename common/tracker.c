@@ -314,7 +314,11 @@ tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
   }
   else {
     img->dbm_region_size = region_size;
-    r = qcow2_commit (img, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+    /* A model not yet on disk is a creation: never over a file that
+     * appeared since the start (another writer).
+     */
+    r = qcow2_commit (img, tr->cfg.path, QCOW2_COMMIT_PRIVATE |
+                      (img->fd < 0 ? QCOW2_COMMIT_NOREPLACE : 0),
                       qemu_lock_new_file, err);
     if (r == -1) {
       tracker_reflag_model (img);
@@ -488,8 +492,10 @@ tracker_activate (struct tracker *tr, struct dbm_err *err)
   int r;
 
   assert (tr->img != NULL);
-
   if (!atomic_load (&tr->active)) {
+    /* The model was read at start: the file must still be that one. */
+    if (qcow2_check_identity (tr->img, tr->cfg.path, err) == -1)
+      return -1;
     r = tracker_commit_and_track (tr, tr->open_flags, err);
     if (r != 0)
       return -1;

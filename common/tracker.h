@@ -108,6 +108,7 @@ struct tracker {
   pthread_mutex_t sync_lock;    /* group commit of arming writes */
   _Atomic uint64_t write_seq;
   uint64_t synced_seq;
+  uint64_t arm_gen;             /* +1 at each disarm_all (arm_lock) */
   /* qemu mode, after tracker_quiesce: in_use is clear on disk, so a write
    * that flips a bit must set it again before it is forwarded.
    */

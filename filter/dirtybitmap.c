@@ -507,10 +507,11 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   struct dbm_err err;
   int64_t size;
 
-  /* Nothing can be written through this connection (nbdkit -r): it needs
-   * no bitmap, and must not create or change the file.
+  /* Nothing can be written through this connection (nbdkit -r, or a
+   * plugin that cannot write): it needs no bitmap, and must not create or
+   * change the file.
    */
-  if (readonly)
+  if (readonly || next->can_write (next) == 0)
     return 0;
   size = next->get_size (next);
   if (size == -1)

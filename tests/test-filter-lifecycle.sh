@@ -67,6 +67,32 @@ kill $holder 2>/dev/null || true
 [ "$(md5sum < $f)" = "$sum" ] || { cat err; fail "a failed start (port in use) changed the file"; }
 [ ! -e c3.sock ] || fail "a failed start (port in use) left the control socket"
 
+# The file is written by the first client, not at start: if it was
+# replaced in between, that client is refused and neither file changes;
+# a file that appeared at a missing path is never overwritten either.
+start_nbdkit pidrp $PWD/srp.sock memory $size bitmap-file=$PWD/rp.qcow2
+"$DIRTYBITMAP" create other.qcow2 --size $size --name other
+cp other.qcow2 rp.qcow2; sum_other=$(md5sum < rp.qcow2)
+nbdsh -u "nbd+unix:///?socket=$PWD/srp.sock" -c pass 2>/dev/null &&
+    fail "a client was served after the file was replaced"
+[ "$(md5sum < rp.qcow2)" = "$sum_other" ] || fail "the replacement file was changed"
+kill_nbdkit "$(cat pidrp)"
+[ "$(md5sum < rp.qcow2)" = "$sum_other" ] || fail "the replacement file was changed at stop"
+rm -f appeared.qcow2
+start_nbdkit pidap $PWD/sap.sock memory $size bitmap-file=$PWD/appeared.qcow2
+cp other.qcow2 appeared.qcow2
+nbdsh -u "nbd+unix:///?socket=$PWD/sap.sock" -c pass 2>/dev/null &&
+    fail "a file that appeared after the start was overwritten"
+[ "$(md5sum < appeared.qcow2)" = "$sum_other" ] || fail "the file that appeared was changed"
+kill_nbdkit "$(cat pidap)"
+
+# A plugin that cannot write needs no bitmap: the file is not created.
+rm -f ro-plugin.qcow2
+"$NBDKIT" -U - --filter="$FILTER" eval get_size='echo 1048576' \
+    pread='dd if=/dev/zero count=$3 iflag=count_bytes status=none' \
+    bitmap-file=$PWD/ro-plugin.qcow2 --run 'nbdsh -u "$uri" -c "h.pread(512, 0)"'
+[ ! -e ro-plugin.qcow2 ] || fail "a bitmap file was created for a read-only plugin"
+
 # A read-only server (nbdkit -r) never touches the file, even if killed.
 start_nbdkit pidro $PWD/sro.sock -r memory $size bitmap-file=$f bitmap-mode=qemu
 nbdsh -u "nbd+unix:///?socket=$PWD/sro.sock" -c '

@@ -9,6 +9,9 @@
  * 2. A bit flipped while a crash-safe persist scans keeps the tracker
  *    dirty, so the next periodic persist shrinks its all-ones region: with
  *    no more writes, two persists leave the file equal to memory.
+ * 3. A first write whose all-ones went to the file a rewrite (removal,
+ *    'persist' after damage) then replaced arms its region again: a
+ *    later write into that region is on disk before it is forwarded.
  */
 #include <config.h>
 
@@ -231,6 +234,53 @@ test_persist_shrinks (void)
   CHECK (tracker_close (tr, &err) == 0);
 }
 
+/* Does the file, read now, have granule G of bitmap 0 set? */
+static bool
+file_has (uint64_t g)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  bool r;
+
+  if (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &img, &err) == -1) {
+    fprintf (stderr, "%s\n", err.msg);
+    return false;
+  }
+  r = bitmap_test (img->bitmaps[0].bits, g);
+  qcow2_close (img);
+  return r;
+}
+
+static void
+test_arm_across_rewrite (void)
+{
+  pthread_t m;
+  struct dbm_err err;
+  uint64_t later;
+
+  tr = open_tracker (TRACKER_CRASH_SAFE);
+  target = 11 * (uint64_t) REGION + 2 * G;
+  later = target + 5 * G;                       /* same region */
+  /* The marker writes the region all-ones and stops before its sync. */
+  plan (MARKER, DBM_HOOK_ARM_WRITTEN);
+  pthread_create (&m, NULL, marker, NULL);
+  sem_wait (&at_hook[MARKER]);
+  /* A rewrite replaces the file: the region is exact there. */
+  CHECK (tracker_rewrite (tr, &err) == 0);
+  sem_post (&go[MARKER]);
+  pthread_join (m, NULL);
+  /* A later first write of a granule in that region needs its region
+   * armed in the new file: on disk before the write would be forwarded.
+   */
+  CHECK (tracker_mark (tr, later, 512) == 0);
+  if (!file_has (later / G)) {
+    fprintf (stderr, "a region armed into the replaced file was taken as "
+             "armed in the new one: a write is not on disk\n");
+    CHECK (!"armed bit set across a rewrite");
+  }
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
 int
 main (void)
 {
@@ -248,6 +298,7 @@ main (void)
   test_stale_set (TRACKER_QEMU, true);
   test_stale_set (TRACKER_QEMU, false);
   test_persist_shrinks ();
+  test_arm_across_rewrite ();
   unlink (path);
   rmdir (dir);
   TEST_DONE ();
