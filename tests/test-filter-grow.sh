@@ -104,4 +104,24 @@ sum=$(md5sum < d.qcow2)
 grep -q "export size 4194304 (rounded up to 4194304) is smaller than the size 16777216 of bitmap 'dirtybitmap' in the file: shrinking is not supported" out ||
     { cat out; fail "shrink message"; }
 [ "$(md5sum < d.qcow2)" = "$sum" ] || fail "refused shrink modified the file"
+
+# Growth beyond what a bitmap of its granularity can hold (512 bytes: at
+# most 2 TiB): refused per connection with the reason, file untouched,
+# and nothing kept from the failed attempt (it is retried every time).
+rm -f g.img g.qcow2
+truncate -s 1M g.img
+$D create g.qcow2 --size 1M --granularity 512
+truncate -s 4T g.img
+for i in 1 2 3; do
+    "$NBDKIT" -U - --filter="$FILTER" file g.img bitmap-file=$PWD/g.qcow2 \
+        --run 'nbdsh -u "$uri" -c "pass"' > out 2>&1 && fail "impossible growth accepted"
+done
+grep -q "granularity 512 is too fine for a 4398046511104-byte disk" out ||
+    { cat out; fail "impossible growth: message"; }
+# (The first client still brought the file into use: canonical layout,
+# running state; the bitmap itself is unchanged.)
+qemu_check g.qcow2
+[ "$(qemu-img info --output=json g.qcow2 | json_get 'j["virtual-size"]')" = 1048576 ] ||
+    fail "a refused growth changed the virtual size"
+[ -z "$(map_ours g.qcow2 dirtybitmap)" ] || fail "a refused growth marked bits"
 echo OK
