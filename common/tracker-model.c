@@ -134,8 +134,13 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   if (img2 == NULL)
     return -1;
   if (qcow2_add_bitmap (img2, name, granularity_bits,
-                        BME_FLAG_AUTO | in_use, 0, err) == -1 ||
-      tracker_own_bitmaps (tr, img2, err) == -1) {
+                        BME_FLAG_AUTO | in_use, 0, err) == -1) {
+    tracker_drop_model (img2);
+    return -1;
+  }
+  if (tracker_own_bitmaps (tr, img2, err) == -1) {
+    /* Only the new bitmap is not owned yet: it is the one that failed. */
+    bitmap_delete (img2->bitmaps[img2->nb_bitmaps - 1].bits);
     tracker_drop_model (img2);
     return -1;
   }
@@ -226,7 +231,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   struct qcow2_image *img2;
   bool qemu = tr->img->layout == QCOW2_LAYOUT_QEMU;
   uint64_t have = tracker_size (tr);
-  size_t i;
+  size_t i, owned_before;
   uint32_t j;
   int r;
 
@@ -275,7 +280,15 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
       return -1;
     }
   }
+  owned_before = tr->nowned;
   if (tracker_own_bitmaps (tr, img2, err) == -1) {
+    /* Own none of the new storage (entries appended since), free it. */
+    tr->nowned = owned_before;
+    for (j = 0; j < img2->nb_bitmaps; ++j)
+      if (grows[j]) {
+        bitmap_delete (img2->bitmaps[j].bits);
+        img2->bitmaps[j].bits = NULL;
+      }
     tracker_drop_model (img2);
     return -1;
   }

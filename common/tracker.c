@@ -80,36 +80,75 @@ tracker_tracked_names (struct tracker *tr)
   return buf;
 }
 
-/* Every tracked bitmap is marked at its own granularity; the others are
- * carried along untouched.  Publishes a new set (the model was just
- * committed, nobody marks yet).
+/* Give back a set (or its states) that was never published, and drop
+ * the ownership of bitmaps taken since OWNED_BEFORE (the model frees
+ * them, or still uses them).
  */
-static int
-setup_tracked (struct tracker *tr, struct dbm_err *err)
+static void
+abandon_tracked (struct tracker *tr, struct track_set *s,
+                 struct tracked_state **states, size_t n, size_t owned_before)
+{
+  size_t k;
+
+  for (k = 0; k < n; ++k) {
+    atomic_store (&states[k]->retired, true);
+    tracker_retire_state (tr, states[k]);
+  }
+  if (s)
+    tracker_retire_set (tr, s);
+  tr->nowned = owned_before;     /* appended since, nothing forgotten */
+}
+
+/* The same for a whole built set whose commit failed. */
+static void
+abandon_set (struct tracker *tr, struct track_set *s, size_t owned_before)
+{
+  size_t k;
+
+  for (k = 0; k < s->nt; ++k) {
+    atomic_store (&s->t[k].st->retired, true);
+    tracker_retire_state (tr, s->t[k].st);
+  }
+  tracker_retire_set (tr, s);
+  tr->nowned = owned_before;
+}
+
+/* Every tracked bitmap is marked at its own granularity; the others are
+ * carried along untouched.  Builds the set to publish once the file is
+ * committed (all the allocation comes first, so that running out of
+ * memory changes nothing on disk).  On failure everything built is given
+ * back, and the bitmaps this call took ownership of are owned no more.
+ */
+static struct track_set *
+build_tracked (struct tracker *tr, struct dbm_err *err)
 {
   struct qcow2_image *img = tr->img;
   CLEANUP_FREE struct tracked_state **states =
     calloc (img->nb_bitmaps + 1, sizeof (struct tracked_state *));
-  struct track_set *s;
-  size_t n = 0;
+  size_t owned_before = tr->nowned, n = 0;
+  struct track_set *s = NULL;
   uint32_t i;
 
-  if (states == NULL)
-    return dbm_seterr (err, ENOMEM, "out of memory");
+  if (states == NULL) {
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
   if (tracker_own_bitmaps (tr, img, err) == -1)
-    return -1;
+    goto fail;
   for (i = 0; i < img->nb_bitmaps; ++i) {
     if (!tracker_is_tracked (tr, &img->bitmaps[i]))
       continue;
     states[n] = tracker_new_state (tr, img, i, err);
-    if (states[n++] == NULL)
-      return -1;
+    if (states[n] == NULL)
+      goto fail;
+    n++;
   }
   s = tracker_new_set (tr, states, n, err);
-  if (s == NULL)
-    return -1;
-  atomic_store (&tr->set, s);
-  return 0;
+  if (s != NULL)
+    return s;
+ fail:
+  abandon_tracked (tr, NULL, states, n, owned_before);
+  return NULL;
 }
 
 /* Bitmaps whose contents are unknown (in_use on disk: a crash in qemu
@@ -284,13 +323,17 @@ int
 tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
                           struct dbm_err *err)
 {
-  int r = 0;
-
   struct qcow2_image *img = tr->img;
   uint64_t region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
     ? tr->cfg.region_size : 0;
+  size_t owned_before = tr->nowned;
+  struct track_set *s;
   uint32_t i;
+  int r = 0;
 
+  s = build_tracked (tr, err);
+  if (s == NULL)
+    return -1;
   /* The first write of this run, whether the file exists or not. */
   remove_stale_temporaries (tr->cfg.path, tr->cfg.log);
   for (i = 0; i < img->nb_bitmaps; ++i) {
@@ -309,6 +352,7 @@ tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
     if (qcow2_update_in_place (img, old_flags, err) == -1) {
       /* Leaves written may not be durable: write them again next time. */
       tracker_reflag_model (img);
+      abandon_set (tr, s, owned_before);
       return -1;
     }
   }
@@ -322,11 +366,12 @@ tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
                       qemu_lock_new_file, err);
     if (r == -1) {
       tracker_reflag_model (img);
+      abandon_set (tr, s, owned_before);
       return -1;
     }
   }
-  if (setup_tracked (tr, err) == -1)
-    return -1;
+  /* Committed: nobody marks yet (no writer has been served). */
+  atomic_store (&tr->set, s);
   atomic_store (&tr->active, true);
   return r;
 }
