@@ -31,6 +31,10 @@
 #include "test-hooks.h"
 
 enum tracker_mode { TRACKER_CRASH_SAFE, TRACKER_QEMU };
+
+/* bitmap-region: a region is at least a page of disk, at most 1 PiB. */
+#define TRACKER_MIN_REGION          UINT64_C (4096)
+#define TRACKER_MAX_REGION          (UINT64_C (1) << 50)
 enum tracker_in_use { IN_USE_DIRTY, IN_USE_REFUSE };
 
 struct tracker_config {

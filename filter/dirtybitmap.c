@@ -110,7 +110,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strcmp (key, "bitmap-name") == 0) {
     size_t len = strlen (value);
     if (len == 0 || len > BME_MAX_NAME_SIZE) {
-      nbdkit_error ("bitmap-name: must be 1..1023 bytes, got %zu", len);
+      nbdkit_error ("bitmap-name: must be 1..%d bytes, got %zu",
+                    BME_MAX_NAME_SIZE, len);
       return -1;
     }
     bitmap_name = value;
@@ -118,8 +119,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "bitmap-granularity") == 0) {
-    if (dbm_parse_pow2 ("bitmap-granularity", value, 512,
-                        UINT64_C (1) << 31, &granularity_bits, &err) == -1) {
+    if (dbm_parse_pow2 ("bitmap-granularity", value, BME_MIN_GRANULARITY,
+                        BME_MAX_GRANULARITY, &granularity_bits, &err) == -1) {
       nbdkit_error ("%s", err.msg);
       return -1;
     }
@@ -161,7 +162,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (key, "bitmap-region") == 0) {
     unsigned bits;
-    if (dbm_parse_pow2 ("bitmap-region", value, 4096, UINT64_C (1) << 50,
+    if (dbm_parse_pow2 ("bitmap-region", value, TRACKER_MIN_REGION,
+                        TRACKER_MAX_REGION,
                         &bits, &err) == -1) {
       nbdkit_error ("%s", err.msg);
       return -1;
@@ -405,9 +407,10 @@ control_command (const char *line)
     r = tracker_save (tracker, &err);
   else if (strcmp (cmd, "checkpoint") == 0 && arg1 && !extra) {
     if (strlen (arg1) > BME_MAX_NAME_SIZE)
-      dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..1023 bytes");
+      dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..%d bytes",
+                  BME_MAX_NAME_SIZE);
     else if (arg2 == NULL ||
-             dbm_parse_pow2 ("granularity", arg2, 512, UINT64_C (1) << 31,
+             dbm_parse_pow2 ("granularity", arg2, BME_MIN_GRANULARITY, BME_MAX_GRANULARITY,
                              &g, &err) == 0)
       r = tracker_checkpoint (tracker, arg1, g, &err);
   }

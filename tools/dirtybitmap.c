@@ -493,7 +493,7 @@ parse_gran (const char *s, unsigned *bits)
   struct dbm_err err;
 
   *bits = 16;
-  if (s && dbm_parse_pow2 ("--granularity", s, 512, UINT64_C (1) << 31, bits,
+  if (s && dbm_parse_pow2 ("--granularity", s, BME_MIN_GRANULARITY, BME_MAX_GRANULARITY, bits,
                            &err) == -1) {
     print_err (&err);
     return -1;
