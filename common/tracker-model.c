@@ -368,6 +368,29 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   return -1;
 }
 
+/* Removal and rewrite: a new file whose tracked bitmaps carry over, exact
+ * (so every region is disarmed first), adopted on success.  On failure
+ * the old file, whatever became of it, keeps its all-ones regions on
+ * disk and the next first writes re-arm regions: only conservative.
+ * Caller holds all four locks.  Returns as qcow2_commit.
+ */
+static int
+replace_file (struct tracker *tr, const struct track_set *s,
+              struct qcow2_image *img2, struct dbm_err *err)
+{
+  int r;
+
+  disarm_all (tr, s);
+  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                    qemu_lock_new_file, err);
+  if (r == -1) {
+    undo (tr, img2);
+    return -1;
+  }
+  adopt (tr, img2);
+  return r;
+}
+
 int
 tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
 {
@@ -377,6 +400,7 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
   struct track_set *s;
   struct qcow2_image *img2;
+  struct bitmap *gone;
   size_t k;
   int i, r;
 
@@ -397,20 +421,16 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
     return -1;
+  gone = tr->img->bitmaps[i].bits;
   img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
   qcow2_remove_bitmap (img2, i);
-  disarm_all (tr, s);
-  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
-                     qemu_lock_new_file, err);
-  if (r == -1) {
-    undo (tr, img2);
+  r = replace_file (tr, s, img2, err);
+  if (r == -1)
     return -1;
-  }
   /* A marker that loaded a set from before the checkpoint that disabled
    * this bitmap may still read it: retired, not freed.
    */
-  tracker_retire_bitmap (tr, tr->img->bitmaps[i].bits);
-  adopt (tr, img2);
+  tracker_retire_bitmap (tr, gone);
   epoch_reclaim ();
   tr->cfg.log ("%s: bitmap '%s' removed", tr->cfg.path, name);
   return not_durable (tr, r, "removal", name, err);
@@ -432,18 +452,9 @@ tracker_rewrite (struct tracker *tr, struct dbm_err *err)
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
     return -1;
-  disarm_all (tr, s);
-  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
-                     qemu_lock_new_file, err);
-  if (r == -1) {
-    /* The old file, whatever became of it, keeps its all-ones regions on
-     * disk; the next first writes re-arm regions, which is only
-     * conservative.
-     */
-    undo (tr, img2);
+  r = replace_file (tr, s, img2, err);
+  if (r == -1)
     return -1;
-  }
-  adopt (tr, img2);
   tr->identity_logged = false;
   tr->cfg.log ("%s: the bitmap file was written again from memory",
                tr->cfg.path);
