@@ -62,6 +62,16 @@ start_nbdkit () {
     [ -n "$pid" ] || fail "nbdkit did not start (no pidfile $pidfile or socket $sock): $*"
     cleanup_fn "kill_nbdkit $pid"
     kill -0 "$pid" 2>/dev/null || fail "nbdkit $pid (from $pidfile) is not running"
+    # The control socket is created once nbdkit serves (after_fork, after
+    # the pidfile): wait for it too.
+    local a ctl=
+    for a in "$@"; do
+        case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
+    done
+    if [ -n "$ctl" ]; then
+        for (( i=0; i<300; i++ )); do [ -S "$ctl" ] && break; sleep 0.1; done
+        [ -S "$ctl" ] || fail "nbdkit $pid did not create its control socket $ctl"
+    fi
     NBDKIT_PID=$pid
 }
 
