@@ -145,6 +145,7 @@ int
 regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
 {
   const struct track_set *s = atomic_load (&tr->set);
+  bool pending = false;
   size_t i;
   uint64_t w, k;
 
@@ -189,7 +190,13 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
       }
     }
     DBM_TEST_HOOK (DBM_HOOK_PERSIST_SCANNED);
+    /* Regions still armed (touched since the cut) shrink at the next
+     * persist even if no bit flips meanwhile: say it is needed.
+     */
+    for (w = 0; !pending && w < (t->nregions + 63) / 64; ++w)
+      pending = atomic_load (&t->armed[w]) != 0;
   }
+  atomic_store (&tr->shrink_pending, pending);
   if (*wrote && qcow2_sync (tr->img, err) == -1)
     return -1;
   return 0;

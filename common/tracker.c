@@ -698,7 +698,7 @@ tracker_dirty (struct tracker *tr)
 {
   struct epoch_slot *e = epoch_enter ();
   const struct track_set *s = atomic_load (&tr->set);
-  bool r = false;
+  bool r = atomic_load (&tr->shrink_pending);
   size_t i;
 
   for (i = 0; !r && i < s->nt; ++i)

@@ -113,6 +113,10 @@ struct tracker {
   _Atomic uint64_t write_seq;
   uint64_t synced_seq;
   uint64_t arm_gen;             /* +1 at each disarm_all (arm_lock) */
+  /* crash-safe: the last persist left regions armed (touched since its
+   * cut), so the next one has work even if no bit flips meanwhile.
+   */
+  _Atomic bool shrink_pending;
   /* qemu mode, after tracker_quiesce: in_use is clear on disk, so a write
    * that flips a bit must set it again before it is forwarded.
    */
