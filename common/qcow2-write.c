@@ -15,6 +15,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -119,36 +120,65 @@ entry_size (const struct qcow2_image *img, const struct qcow2_bitmap *b)
   return (fixed + b->name_size + 7) / 8 * 8;
 }
 
-/* Assign offsets to every structure; returns the file size in clusters. */
+/* Where write_image puts everything, computed from the model alone. */
+struct plan {
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t bitmap_directory_offset, bitmap_directory_size;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint64_t total;               /* file size in clusters */
+  uint64_t *table_offset;       /* per bitmap */
+  uint32_t *table_size;
+  uint64_t *data_offset;        /* first data cluster, then contiguous */
+};
+
+static void
+plan_free (struct plan *p)
+{
+  free (p->table_offset);
+  free (p->table_size);
+  free (p->data_offset);
+}
+
+/* Assign offsets to every structure (pure: the model is not changed). */
 static int
-layout (struct qcow2_image *img, uint64_t *data_offsets, uint64_t *totalp,
-        struct dbm_err *err)
+layout (const struct qcow2_image *img, struct plan *p, struct dbm_err *err)
 {
   uint64_t C = img->cluster_size, n = 1, dsize = 0, i;
   uint64_t per_block = C * 8 / 16, rt, nblocks;
 
-  img->l1_size = div_up (qcow2_virtual_size (img), C / 8 * C);
-  img->l1_table_offset = img->l1_size ? n * C : 0;
-  n += div_up ((uint64_t) img->l1_size * 8, C);
+  memset (p, 0, sizeof *p);
+  p->table_offset = calloc (img->nb_bitmaps + 1, sizeof *p->table_offset);
+  p->table_size = calloc (img->nb_bitmaps + 1, sizeof *p->table_size);
+  p->data_offset = calloc (img->nb_bitmaps + 1, sizeof *p->data_offset);
+  if (!p->table_offset || !p->table_size || !p->data_offset) {
+    plan_free (p);
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  }
+  p->l1_size = div_up (qcow2_virtual_size (img), C / 8 * C);
+  p->l1_table_offset = p->l1_size ? n * C : 0;
+  n += div_up ((uint64_t) p->l1_size * 8, C);
 
   for (i = 0; i < img->nb_bitmaps; ++i)
     dsize += entry_size (img, &img->bitmaps[i]);
-  img->has_bitmaps_ext = img->nb_bitmaps > 0;
-  img->bitmap_directory_size = dsize;
-  img->bitmap_directory_offset = dsize ? n * C : 0;
+  p->bitmap_directory_size = dsize;
+  p->bitmap_directory_offset = dsize ? n * C : 0;
   n += div_up (dsize, C);
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
+    const struct qcow2_bitmap *b = &img->bitmaps[i];
     uint64_t tsize = qcow2_required_table_size (b->size, b->granularity_bits,
                                                 img->cluster_bits);
     if (qcow2_check_bitmap_params (b->size, b->name, b->granularity_bits,
-                                   img->cluster_bits, err) == -1)
+                                   img->cluster_bits, err) == -1) {
+      plan_free (p);
       return -1;
-    b->bitmap_table_size = tsize;
-    b->bitmap_table_offset = n * C;
+    }
+    p->table_size[i] = tsize;
+    p->table_offset[i] = n * C;
     n += div_up (tsize * 8, C);
-    data_offsets[i] = n * C;
+    p->data_offset[i] = n * C;
     n += tsize;
   }
 
@@ -164,11 +194,30 @@ layout (struct qcow2_image *img, uint64_t *data_offsets, uint64_t *totalp,
     nblocks = want_blocks > nblocks ? want_blocks : nblocks;
     rt = want_rt > rt ? want_rt : rt;
   }
-  img->refcount_table_offset = n * C;
-  img->refcount_table_clusters = rt;
-  img->refcount_order = 4;
-  *totalp = n + rt + nblocks;
+  p->refcount_table_offset = n * C;
+  p->refcount_table_clusters = rt;
+  p->total = n + rt + nblocks;
   return 0;
+}
+
+/* The model describes the file written with plan P from now on. */
+static void
+apply (struct qcow2_image *img, const struct plan *p)
+{
+  uint32_t i;
+
+  img->l1_size = p->l1_size;
+  img->l1_table_offset = p->l1_table_offset;
+  img->has_bitmaps_ext = img->nb_bitmaps > 0;
+  img->bitmap_directory_size = p->bitmap_directory_size;
+  img->bitmap_directory_offset = p->bitmap_directory_offset;
+  img->refcount_table_offset = p->refcount_table_offset;
+  img->refcount_table_clusters = p->refcount_table_clusters;
+  img->refcount_order = 4;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    img->bitmaps[i].bitmap_table_size = p->table_size[i];
+    img->bitmaps[i].bitmap_table_offset = p->table_offset[i];
+  }
 }
 
 static int
@@ -231,6 +280,7 @@ write_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
 
   if (img->nb_bitmaps == 0)
     return 0;
+  assert (img->bitmap_directory_size > 0);      /* layout: entries exist */
   d = calloc (1, img->bitmap_directory_size);
   if (d == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
@@ -313,9 +363,13 @@ write_refcounts (struct qcow2_image *img, int fd, uint64_t total,
   uint64_t rt_off = img->refcount_table_offset;
   uint64_t blk_off = rt_off + (uint64_t) img->refcount_table_clusters * C;
   uint64_t nblocks = div_up (total, per_block), i, j;
-  CLEANUP_FREE unsigned char *rt = calloc (img->refcount_table_clusters, C);
-  CLEANUP_FREE unsigned char *blk = malloc (C);
+  CLEANUP_FREE unsigned char *rt = NULL;
+  CLEANUP_FREE unsigned char *blk = NULL;
 
+  /* layout: at least one refcount table cluster. */
+  assert (img->refcount_table_clusters > 0 && C > 0);
+  rt = calloc (img->refcount_table_clusters, C);
+  blk = malloc (C);
   if (rt == NULL || blk == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
   for (i = 0; i < nblocks; ++i) {
@@ -336,24 +390,31 @@ write_refcounts (struct qcow2_image *img, int fd, uint64_t total,
 static int
 write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
 {
-  CLEANUP_FREE uint64_t *data_offsets =
-    calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  struct plan p;
   uint64_t total, i;
+  int r = -1;
 
-  if (data_offsets == NULL)
-    return dbm_seterr (err, ENOMEM, "out of memory");
-  if (layout (img, data_offsets, &total, err) == -1)
+  if (layout (img, &p, err) == -1)
     return -1;
-  if (ftruncate (fd, total << img->cluster_bits) == -1)
-    return dbm_seterr (err, errno, "extend file to %" PRIu64 " bytes: %m",
-                       total << img->cluster_bits);
+  total = p.total;
+  apply (img, &p);
+  if (ftruncate (fd, total << img->cluster_bits) == -1) {
+    dbm_seterr (err, errno, "extend file to %" PRIu64 " bytes: %m",
+                total << img->cluster_bits);
+    goto out;
+  }
   if (write_header (img, fd, err) == -1 ||
       write_directory (img, fd, err) == -1)
-    return -1;
+    goto out;
   for (i = 0; i < img->nb_bitmaps; ++i)
-    if (write_bitmap (img, fd, &img->bitmaps[i], data_offsets[i], err) == -1)
-      return -1;
+    if (write_bitmap (img, fd, &img->bitmaps[i], p.data_offset[i], err) == -1)
+      goto out;
   if (write_refcounts (img, fd, total, err) == -1)
+    goto out;
+  r = 0;
+ out:
+  plan_free (&p);
+  if (r == -1)
     return -1;
   img->file_size = total << img->cluster_bits;
   img->leaked_clusters = 0;
@@ -370,57 +431,38 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
 bool
 qcow2_is_canonical (struct qcow2_image *img)
 {
-  struct qcow2_image saved = *img;
-  CLEANUP_FREE uint64_t *data_offsets =
-    calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
-  CLEANUP_FREE uint64_t *tsizes = calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
-  CLEANUP_FREE uint64_t *toffs = calloc (img->nb_bitmaps + 1, sizeof (uint64_t));
+  struct plan p;
   struct dbm_err err;
-  uint64_t total, i, j, ext_len;
+  uint64_t i, j, ext_len;
   bool ok;
 
-  if (data_offsets == NULL || tsizes == NULL || toffs == NULL ||
-      img->fd < 0 || img->leaked_clusters || img->data_clusters ||
+  if (img->fd < 0 || img->leaked_clusters || img->data_clusters ||
       img->autoclear_without_ext || img->ext_inconsistent ||
       img->header_length != QCOW2_HEADER_LENGTH ||
       img->incompatible_features || img->compatible_features ||
       img->refcount_order != 4 ||
       img->autoclear_features != (img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0))
     return false;
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    tsizes[i] = img->bitmaps[i].bitmap_table_size;
-    toffs[i] = img->bitmaps[i].bitmap_table_offset;
-  }
-  ok = layout (img, data_offsets, &total, &err) == 0;
+  if (layout (img, &p, &err) == -1)
+    return false;
   ext_len = !img->nb_bitmaps ? 0 : 8 + (img->layout == QCOW2_LAYOUT_DRAFT2015
                                          ? BME_DRAFT_EXT_LENGTH : BME_EXT_LENGTH);
-  ok = ok && img->l1_size == saved.l1_size &&
-    img->l1_table_offset == saved.l1_table_offset &&
-    img->bitmap_directory_offset == saved.bitmap_directory_offset &&
-    img->bitmap_directory_size == saved.bitmap_directory_size &&
-    img->refcount_table_offset == saved.refcount_table_offset &&
-    img->refcount_table_clusters == saved.refcount_table_clusters &&
-    (total << img->cluster_bits) == saved.file_size &&
-    saved.dbm_ext_offset == QCOW2_HEADER_LENGTH + ext_len + 8;
+  ok = img->l1_size == p.l1_size &&
+    img->l1_table_offset == p.l1_table_offset &&
+    img->bitmap_directory_offset == p.bitmap_directory_offset &&
+    img->bitmap_directory_size == p.bitmap_directory_size &&
+    img->refcount_table_offset == p.refcount_table_offset &&
+    img->refcount_table_clusters == p.refcount_table_clusters &&
+    (p.total << img->cluster_bits) == img->file_size &&
+    img->dbm_ext_offset == QCOW2_HEADER_LENGTH + ext_len + 8;
   for (i = 0; ok && i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
-    ok = b->bitmap_table_size == tsizes[i] &&
-      b->bitmap_table_offset == toffs[i] && b->table != NULL;
+    const struct qcow2_bitmap *b = &img->bitmaps[i];
+    ok = b->bitmap_table_size == p.table_size[i] &&
+      b->bitmap_table_offset == p.table_offset[i] && b->table != NULL;
     for (j = 0; ok && j < b->bitmap_table_size; ++j)
-      ok = b->table[j] == data_offsets[i] + (j << img->cluster_bits);
+      ok = b->table[j] == p.data_offset[i] + (j << img->cluster_bits);
   }
-  /* layout() recomputed these; put the file's own values back. */
-  img->l1_size = saved.l1_size;
-  img->l1_table_offset = saved.l1_table_offset;
-  img->has_bitmaps_ext = saved.has_bitmaps_ext;
-  img->bitmap_directory_offset = saved.bitmap_directory_offset;
-  img->bitmap_directory_size = saved.bitmap_directory_size;
-  img->refcount_table_offset = saved.refcount_table_offset;
-  img->refcount_table_clusters = saved.refcount_table_clusters;
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    img->bitmaps[i].bitmap_table_size = tsizes[i];
-    img->bitmaps[i].bitmap_table_offset = toffs[i];
-  }
+  plan_free (&p);
   return ok;
 }
 
