@@ -362,12 +362,13 @@ write_refcounts (struct qcow2_image *img, int fd, uint64_t total,
   uint64_t C = img->cluster_size, per_block = C / 2;
   uint64_t rt_off = img->refcount_table_offset;
   uint64_t blk_off = rt_off + (uint64_t) img->refcount_table_clusters * C;
-  uint64_t nblocks = div_up (total, per_block), i, j;
+  uint64_t nblocks, i, j;
   CLEANUP_FREE unsigned char *rt = NULL;
   CLEANUP_FREE unsigned char *blk = NULL;
 
-  /* layout: at least one refcount table cluster. */
-  assert (img->refcount_table_clusters > 0 && C > 0);
+  /* layout: at least one refcount table cluster, clusters >= 512. */
+  assert (img->refcount_table_clusters > 0 && per_block > 0);
+  nblocks = div_up (total, per_block);
   rt = calloc (img->refcount_table_clusters, C);
   blk = malloc (C);
   if (rt == NULL || blk == NULL)
