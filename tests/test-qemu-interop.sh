@@ -109,28 +109,7 @@ done
 for n in 1 2 4; do
     qemu-img create -q -f qcow2 -o refcount_bits=$n z$n.qcow2 1G
     qemu-img bitmap --add z$n.qcow2 b0
-    where=$($py - z$n.qcow2 <<'PY'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(104)
-C = 1 << struct.unpack_from(">I", h, 20)[0]
-l1 = struct.unpack_from(">Q", h, 40)[0]
-rt = struct.unpack_from(">Q", h, 48)[0]
-bits = 1 << struct.unpack_from(">I", h, 96)[0]
-f.seek(rt)
-rb = struct.unpack(">Q", f.read(8))[0]
-k = l1 // C                        # cluster index; its block is the first
-per = 8 // bits
-off, mask = rb + k // per, ((1 << bits) - 1) << (bits * (k % per))
-f.seek(off)
-v = f.read(1)[0]
-assert v & mask, "refcount of the L1 cluster is already 0"
-f.seek(off)
-f.write(bytes([v & ~mask & 0xff]))
-print("refcount block entry %d at offset 0x%x mask 0x%02x, refcount_bits %d"
-      % (k, off, mask, bits))
-PY
-)
+    where=$($py "$srcdir/set_refcount.py" z$n.qcow2 0)
     set +e
     qemu-img check z$n.qcow2 >/dev/null 2>&1; qrc=$?
     $D check z$n.qcow2 > rc.out 2>&1; rc=$?
@@ -150,28 +129,7 @@ for nv in 2:3 4:15 64:9223372036854775808; do
     n=${nv%%:*} v=${nv#*:}
     qemu-img create -q -f qcow2 -o refcount_bits=$n h$n.qcow2 1G
     qemu-img bitmap --add h$n.qcow2 b0
-    $py - h$n.qcow2 $v <<'PY'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(104)
-C = 1 << struct.unpack_from(">I", h, 20)[0]
-l1 = struct.unpack_from(">Q", h, 40)[0]
-rt = struct.unpack_from(">Q", h, 48)[0]
-bits = 1 << struct.unpack_from(">I", h, 96)[0]
-f.seek(rt)
-rb = struct.unpack(">Q", f.read(8))[0]
-k, v = l1 // C, int(sys.argv[2])
-if bits < 8:
-    per = 8 // bits
-    off, sh = rb + k // per, bits * (k % per)
-    f.seek(off)
-    b = f.read(1)[0] & ~(((1 << bits) - 1) << sh) & 0xff
-    f.seek(off)
-    f.write(bytes([b | v << sh]))
-else:
-    f.seek(rb + k * bits // 8)
-    f.write(v.to_bytes(bits // 8, "big"))
-PY
+    $py "$srcdir/set_refcount.py" h$n.qcow2 $v > /dev/null
     set +e
     qemu-img check h$n.qcow2 >/dev/null 2>&1; qrc=$?
     $D check h$n.qcow2 > rc.out 2>&1; rc=$?
