@@ -763,6 +763,8 @@ check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
         if (img->leaked_clusters++ == 0)
           img->first_leak = c << img->cluster_bits;
       }
+      if (refs[c] > 1)
+        img->shared_clusters++;
     }
   }
   /* Clusters of the file beyond what the refcount table can describe. */

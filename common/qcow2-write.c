@@ -106,18 +106,35 @@ export_page (const struct bitmap *bm, uint64_t page, unsigned char *buf)
   return len;
 }
 
-static uint64_t
-div_up (uint64_t a, uint64_t b)
-{
-  return a / b + (a % b != 0);
-}
-
-static uint64_t
-entry_size (const struct qcow2_image *img, const struct qcow2_bitmap *b)
+uint64_t
+qcow2_entry_size (const struct qcow2_image *img, const struct qcow2_bitmap *b)
 {
   uint64_t fixed = img->layout == QCOW2_LAYOUT_DRAFT2015 ? DRAFT_ENTRY_FIXED
     : BME_ENTRY_FIXED;
   return (fixed + b->name_size + 7) / 8 * 8;
+}
+
+/* Refcount table clusters *RT and blocks *NBLOCKS for a file of N
+ * clusters followed by them: they need refcounts too, so iterate to a
+ * fixed point.
+ */
+void
+qcow2_refcount_fit (const struct qcow2_image *img, uint64_t n,
+                    uint64_t *rt, uint64_t *nblocks)
+{
+  uint64_t C = img->cluster_size, per_block = C * 8 / 16;
+
+  *rt = 1;
+  *nblocks = 1;
+  for (;;) {
+    uint64_t total = n + *rt + *nblocks;
+    uint64_t want_blocks = qcow2_div_up (total, per_block);
+    uint64_t want_rt = qcow2_div_up (want_blocks * 8, C);
+    if (want_blocks <= *nblocks && want_rt <= *rt)
+      return;
+    *nblocks = want_blocks > *nblocks ? want_blocks : *nblocks;
+    *rt = want_rt > *rt ? want_rt : *rt;
+  }
 }
 
 /* Where write_image puts everything, computed from the model alone. */
@@ -145,8 +162,7 @@ plan_free (struct plan *p)
 static int
 layout (const struct qcow2_image *img, struct plan *p, struct dbm_err *err)
 {
-  uint64_t C = img->cluster_size, n = 1, dsize = 0, i;
-  uint64_t per_block = C * 8 / 16, rt, nblocks;
+  uint64_t C = img->cluster_size, n = 1, dsize = 0, i, rt, nblocks;
 
   memset (p, 0, sizeof *p);
   p->table_offset = calloc (img->nb_bitmaps + 1, sizeof *p->table_offset);
@@ -156,15 +172,15 @@ layout (const struct qcow2_image *img, struct plan *p, struct dbm_err *err)
     plan_free (p);
     return dbm_seterr (err, ENOMEM, "out of memory");
   }
-  p->l1_size = div_up (qcow2_virtual_size (img), C / 8 * C);
+  p->l1_size = qcow2_div_up (qcow2_virtual_size (img), C / 8 * C);
   p->l1_table_offset = p->l1_size ? n * C : 0;
-  n += div_up ((uint64_t) p->l1_size * 8, C);
+  n += qcow2_div_up ((uint64_t) p->l1_size * 8, C);
 
   for (i = 0; i < img->nb_bitmaps; ++i)
-    dsize += entry_size (img, &img->bitmaps[i]);
+    dsize += qcow2_entry_size (img, &img->bitmaps[i]);
   p->bitmap_directory_size = dsize;
   p->bitmap_directory_offset = dsize ? n * C : 0;
-  n += div_up (dsize, C);
+  n += qcow2_div_up (dsize, C);
 
   for (i = 0; i < img->nb_bitmaps; ++i) {
     const struct qcow2_bitmap *b = &img->bitmaps[i];
@@ -177,23 +193,12 @@ layout (const struct qcow2_image *img, struct plan *p, struct dbm_err *err)
     }
     p->table_size[i] = tsize;
     p->table_offset[i] = n * C;
-    n += div_up (tsize * 8, C);
+    n += qcow2_div_up (tsize * 8, C);
     p->data_offset[i] = n * C;
     n += tsize;
   }
 
-  /* The refcount structures need refcounts too: iterate to a fixed point. */
-  rt = 1;
-  nblocks = 1;
-  for (;;) {
-    uint64_t total = n + rt + nblocks;
-    uint64_t want_blocks = div_up (total, per_block);
-    uint64_t want_rt = div_up (want_blocks * 8, C);
-    if (want_blocks <= nblocks && want_rt <= rt)
-      break;
-    nblocks = want_blocks > nblocks ? want_blocks : nblocks;
-    rt = want_rt > rt ? want_rt : rt;
-  }
+  qcow2_refcount_fit (img, n, &rt, &nblocks);
   p->refcount_table_offset = n * C;
   p->refcount_table_clusters = rt;
   p->total = n + rt + nblocks;
@@ -220,8 +225,8 @@ apply (struct qcow2_image *img, const struct plan *p)
   }
 }
 
-static int
-write_header (struct qcow2_image *img, int fd, struct dbm_err *err)
+int
+qcow2_put_header (struct qcow2_image *img, int fd, struct dbm_err *err)
 {
   CLEANUP_FREE unsigned char *h = calloc (1, img->cluster_size);
   uint64_t off = QCOW2_HEADER_LENGTH;
@@ -272,8 +277,8 @@ write_header (struct qcow2_image *img, int fd, struct dbm_err *err)
   return 0;
 }
 
-static int
-write_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
+int
+qcow2_put_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
 {
   CLEANUP_FREE unsigned char *d = NULL;
   uint64_t pos = 0, i;
@@ -307,17 +312,16 @@ write_directory (struct qcow2_image *img, int fd, struct dbm_err *err)
       put_be16 (e + 18, b->name_size);
       memcpy (e + BME_ENTRY_FIXED, b->name, b->name_size);
     }
-    pos += entry_size (img, b);
+    pos += qcow2_entry_size (img, b);
   }
   if (qcow2_pwrite_full (fd, d, pos, img->bitmap_directory_offset) == -1)
     return dbm_seterr (err, errno, "write bitmap directory: %m");
   return 0;
 }
 
-/* Write the table (every entry allocated) and the non-empty data leaves. */
-static int
-write_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
-              uint64_t data_offset, struct dbm_err *err)
+int
+qcow2_put_bitmap (struct qcow2_image *img, int fd, struct qcow2_bitmap *b,
+                  uint64_t data_offset, struct dbm_err *err)
 {
   uint64_t tbytes = (uint64_t) b->bitmap_table_size * 8, j, page;
   CLEANUP_FREE unsigned char *t = malloc (tbytes);
@@ -368,7 +372,7 @@ write_refcounts (struct qcow2_image *img, int fd, uint64_t total,
 
   /* layout: at least one refcount table cluster, clusters >= 512. */
   assert (img->refcount_table_clusters > 0 && per_block > 0);
-  nblocks = div_up (total, per_block);
+  nblocks = qcow2_div_up (total, per_block);
   rt = calloc (img->refcount_table_clusters, C);
   blk = malloc (C);
   if (rt == NULL || blk == NULL)
@@ -404,11 +408,11 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
                 total << img->cluster_bits);
     goto out;
   }
-  if (write_header (img, fd, err) == -1 ||
-      write_directory (img, fd, err) == -1)
+  if (qcow2_put_header (img, fd, err) == -1 ||
+      qcow2_put_directory (img, fd, err) == -1)
     goto out;
   for (i = 0; i < img->nb_bitmaps; ++i)
-    if (write_bitmap (img, fd, &img->bitmaps[i], p.data_offset[i], err) == -1)
+    if (qcow2_put_bitmap (img, fd, &img->bitmaps[i], p.data_offset[i], err) == -1)
       goto out;
   if (write_refcounts (img, fd, total, err) == -1)
     goto out;
@@ -425,46 +429,46 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
   return 0;
 }
 
-/* Is the opened file exactly what write_image would produce for this
- * model?  Then a start needs no rewrite: flags, state and changed data can
- * be updated in place (same inode, no free space needed).
+/* Is the opened file in the layout this filter keeps, so that changes
+ * can be made where things are (in place, or by qcow2_update) instead of
+ * by a rewrite?  That is: our header and extensions, 16-bit refcounts,
+ * no guest data, nothing leaked or shared, and every bitmap fully
+ * preallocated (each table entry its own data cluster, so a data write
+ * never needs an allocation).  write_image produces such a file and
+ * qcow2_update keeps it so; where the pieces lie does not matter.
  */
 bool
 qcow2_is_canonical (struct qcow2_image *img)
 {
-  struct plan p;
-  struct dbm_err err;
-  uint64_t i, j, ext_len;
-  bool ok;
+  uint64_t C = img->cluster_size, i, j, ext_len;
 
   if (img->fd < 0 || img->leaked_clusters || img->data_clusters ||
+      img->shared_clusters ||
       img->autoclear_without_ext || img->ext_inconsistent ||
       img->header_length != QCOW2_HEADER_LENGTH ||
       img->incompatible_features || img->compatible_features ||
       img->refcount_order != 4 ||
-      img->autoclear_features != (img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0))
-    return false;
-  if (layout (img, &p, &err) == -1)
+      img->autoclear_features != (img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0) ||
+      img->l1_size != qcow2_div_up (qcow2_virtual_size (img), C / 8 * C) ||
+      img->file_size % C)
     return false;
   ext_len = !img->nb_bitmaps ? 0 : 8 + (img->layout == QCOW2_LAYOUT_DRAFT2015
                                          ? BME_DRAFT_EXT_LENGTH : BME_EXT_LENGTH);
-  ok = img->l1_size == p.l1_size &&
-    img->l1_table_offset == p.l1_table_offset &&
-    img->bitmap_directory_offset == p.bitmap_directory_offset &&
-    img->bitmap_directory_size == p.bitmap_directory_size &&
-    img->refcount_table_offset == p.refcount_table_offset &&
-    img->refcount_table_clusters == p.refcount_table_clusters &&
-    (p.total << img->cluster_bits) == img->file_size &&
-    img->dbm_ext_offset == QCOW2_HEADER_LENGTH + ext_len + 8;
-  for (i = 0; ok && i < img->nb_bitmaps; ++i) {
+  if (img->dbm_ext_offset != QCOW2_HEADER_LENGTH + ext_len + 8)
+    return false;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
     const struct qcow2_bitmap *b = &img->bitmaps[i];
-    ok = b->bitmap_table_size == p.table_size[i] &&
-      b->bitmap_table_offset == p.table_offset[i] && b->table != NULL;
-    for (j = 0; ok && j < b->bitmap_table_size; ++j)
-      ok = b->table[j] == p.data_offset[i] + (j << img->cluster_bits);
+
+    if (b->table == NULL || b->bitmap_table_size !=
+        qcow2_required_table_size (b->size, b->granularity_bits,
+                                   img->cluster_bits))
+      return false;
+    for (j = 0; j < b->bitmap_table_size; ++j)
+      if (b->table[j] == 0 || (b->table[j] & ~QCOW2_OFFSET_MASK) ||
+          (b->table[j] & (C - 1)))
+        return false;
   }
-  plan_free (&p);
-  return ok;
+  return true;
 }
 
 int

@@ -130,6 +130,7 @@ struct qcow2_image {
   uint64_t data_clusters;       /* guest data referenced through L1/L2 */
   uint64_t leaked_clusters;     /* refcount > 0, never referenced */
   uint64_t first_leak;          /* offset of the first leaked cluster */
+  uint64_t shared_clusters;     /* referenced more than once */
   bool autoclear_without_ext;   /* bit 0 set, no bitmaps extension */
   uint32_t dbm_state;           /* DBM_STATE_* from our extension */
   uint64_t dbm_region_size;
@@ -237,6 +238,24 @@ extern int qcow2_commit (struct qcow2_image *img, const char *path,
                          int (*lock_fd_cb) (int fd, struct dbm_err *err),
                          struct dbm_err *err);
 
+/* Change the committed file of IMG0 (open, qcow2_is_canonical) into what
+ * IMG describes, without rewriting what stays (qcow2-update.c).  IMG is a
+ * qcow2_clone of IMG0 with bitmaps added, removed or re-flagged, none
+ * resized; a bitmap with IMG0's storage keeps its table and data clusters
+ * (its data is not written), a new one gets them past the end of the file
+ * (its data written).  The header switch is the commit point.  Returns -1
+ * (IMG0 in force, its file as before), 0, or 1: in force, but the sync
+ * after the switch failed (ERR says so; every later qcow2_sync syncs it).
+ * From 0 or 1 on, IMG holds the descriptor and IMG0 none.
+ */
+extern int qcow2_update (struct qcow2_image *img, struct qcow2_image *img0,
+                         struct dbm_err *err);
+
+/* Does IMG's file hold more free clusters than used ones (qcow2_update
+ * never reuses them)?  Then the next change should be a full rewrite.
+ */
+extern bool qcow2_wants_compaction (const struct qcow2_image *img);
+
 /* Record which file IMG->fd is (device, inode, fixed header), after an
  * open or a commit.
  */
@@ -248,8 +267,10 @@ extern void qcow2_note_identity (struct qcow2_image *img);
 extern int qcow2_check_identity (struct qcow2_image *img, const char *path,
                                  struct dbm_err *err);
 
-/* True if the open file is byte-for-byte in the layout qcow2_commit
- * writes, so changes can be made in place instead of by a rewrite.
+/* True if the open file is in the layout qcow2_commit writes and
+ * qcow2_update keeps (every bitmap preallocated, nothing shared or
+ * leaked, our header), so changes can be made in place instead of by a
+ * rewrite.
  */
 extern bool qcow2_is_canonical (struct qcow2_image *img);
 

@@ -12,9 +12,13 @@
  *             persist's cut are disarmed, then written exact
  *
  * Transitions and what guards them:
- *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the armed bit
- *                              is set only after the group-committed sync
- *                              (sync_lock) covering the all-ones write
+ *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the arming
+ *                              bit is set before the all-ones write, the
+ *                              armed bit only after the group-committed
+ *                              sync (sync_lock) covering it, and then
+ *                              the arming bit is cleared (a failed
+ *                              arming leaves it set: all-ones may be on
+ *                              disk)
  *   ARMED -> EXACT             regions_persist, under persist_lock and
  *                              arm_lock; the writer's order "set bits,
  *                              set touched, load armed" and the persist's
@@ -29,6 +33,12 @@
  *                              bumps arm_gen, so an arming whose write
  *                              went to the old file arms again instead
  *                              of setting the armed bit
+ *   ARMED -> EXACT (settled)   a checkpoint updating the file in place
+ *                              (qcow2_update), under all four locks,
+ *                              after its cut, writes the armed regions
+ *                              of the states it disables exact; they are
+ *                              retired when it commits, and on failure
+ *                              every region is disarmed (arm_gen bumped)
  *   any -> retired             the state's bitmap stopped being tracked
  *                              (st->retired): never armed again
  *
@@ -108,6 +118,7 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
       if (region_test (t->armed, r) || atomic_load (&t->retired))
         return 0;
       gen = tr->arm_gen;
+      region_set (t->arming, r);
       if (write_region (tr, t, r, true, &err) == -1) {
         tr->cfg.log ("%s", err.msg);
         errno = err.errnum ? err.errnum : EIO;
@@ -129,6 +140,7 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
        */
       if (tr->arm_gen == gen) {
         region_set (t->armed, r);
+        atomic_fetch_and (&t->arming[r >> 6], ~(UINT64_C (1) << (r & 63)));
         return 0;
       }
     }
@@ -199,5 +211,28 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
   atomic_store (&tr->shrink_pending, pending);
   if (*wrote && qcow2_sync (tr->img, err) == -1)
     return -1;
+  return 0;
+}
+
+/* Safe after the cut: a write forwarded without waiting for arm_lock set
+ * its bits before the cut (a marker that sees the new set re-marks there,
+ * and arming the new state's region waits for arm_lock), so the export
+ * holds them.
+ */
+int
+regions_settle (struct tracker *tr, struct tracked_state *t,
+                struct dbm_err *err)
+{
+  uint64_t w, k;
+
+  for (w = 0; w < (t->nregions + 63) / 64; ++w) {
+    /* ARMING too: its all-ones may be on disk already. */
+    uint64_t armed = atomic_load (&t->armed[w]) | atomic_load (&t->arming[w]);
+
+    for (k = 0; armed && k < 64; ++k)
+      if ((armed >> k) & 1 &&
+          write_region (tr, t, w * 64 + k, false, err) == -1)
+        return -1;
+  }
   return 0;
 }

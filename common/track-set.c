@@ -61,6 +61,7 @@ free_state (void *p)
 
   free ((void *) st->touched);
   free ((void *) st->armed);
+  free ((void *) st->arming);
   free (st);
 }
 
@@ -142,11 +143,8 @@ tracker_free (struct tracker *tr)
   for (i = 0; i < tr->nowned; ++i)
     bitmap_delete (tr->owned[i]);
   free (tr->owned);
-  for (i = 0; i < tr->nstates; ++i) {
-    free ((void *) tr->states[i]->touched);
-    free ((void *) tr->states[i]->armed);
-    free (tr->states[i]);
-  }
+  for (i = 0; i < tr->nstates; ++i)
+    free_state (tr->states[i]);
   free (tr->states);
   for (i = 0; i < tr->nsets; ++i)
     free (tr->sets[i]);
@@ -194,7 +192,8 @@ tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
   words = (st->nregions + 63) / 64;
   st->touched = calloc (words, sizeof (_Atomic uint64_t));
   st->armed = calloc (words, sizeof (_Atomic uint64_t));
-  if (st->touched == NULL || st->armed == NULL) {
+  st->arming = calloc (words, sizeof (_Atomic uint64_t));
+  if (st->touched == NULL || st->armed == NULL || st->arming == NULL) {
     dbm_seterr (err, ENOMEM, "out of memory");
     return NULL;
   }

@@ -2,10 +2,13 @@
  * growth of the export, removal of disabled bitmaps; and the status line.
  *
  * Each change builds a new model (qcow2_clone: new metadata, and either
- * the same bit storage or new storage filled from the old), commits it as
- * a new file (temporary file + rename: the file passes qemu-img check at
- * every instant, and a failure leaves the old file in force), then adopts
- * it.  All four tracker locks are held throughout, so no persist, arming
+ * the same bit storage or new storage filled from the old), commits it,
+ * then adopts it.  Checkpoints and removals update the file where it is
+ * (qcow2_update: new structures past the end, one header write switches
+ * to them), so their cost does not grow with the bitmaps kept; growth,
+ * repairs and compaction write a new file (temporary file + rename).
+ * Either way the file passes qemu-img check at every instant, and a
+ * failure leaves the old state in force.  All four tracker locks are held throughout, so no persist, arming
  * write or in_use change touches either file meanwhile.  Markers keep
  * setting bits in memory; the published track_set tells them where, and
  * mark_slow's re-check covers a marker that raced with the replacement.
@@ -21,6 +24,7 @@
 
 #include "cleanup.h"
 #include "qemu-lock.h"
+#include "regions.h"
 #include "tracker-internal.h"
 
 /* Every bitmap object of the current set still points into tr->img; after
@@ -79,6 +83,55 @@ disarm_all (struct tracker *tr, const struct track_set *s)
   for (k = 0; k < s->nt; ++k)
     for (w = 0; w < (s->t[k].st->nregions + 63) / 64; ++w)
       atomic_store (&s->t[k].st->armed[w], 0);
+}
+
+/* Can the next change update the file where it is (qcow2_update: cost
+ * independent of the bitmaps kept), or must it write a new file?  The
+ * latter for a file not in our layout, and to compact one that is mostly
+ * free clusters (qcow2_update never reuses them).
+ */
+static bool
+can_update (struct tracker *tr)
+{
+  return tr->img->fd >= 0 && qcow2_is_canonical (tr->img) &&
+    !qcow2_wants_compaction (tr->img);
+}
+
+/* Commit the checkpoint's model IMG2, after the cut.  Updated in place,
+ * the bitmaps it disables keep their clusters, so first their bits on
+ * disk are made exact: crash-safe, the armed (all-ones) regions; qemu
+ * mode, the changed leaves (in_use is still set on disk, so any order is
+ * safe there).  Returns as qcow2_commit.
+ */
+static int
+store_checkpoint (struct tracker *tr, const struct track_set *before,
+                  struct qcow2_image *img2, struct dbm_err *err)
+{
+  bool crash_safe = tr->cfg.mode == TRACKER_CRASH_SAFE;
+  size_t i;
+  int r;
+
+  if (!can_update (tr))
+    return qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                         qemu_lock_new_file, err);
+  for (i = 0; i < before->nt; ++i) {
+    struct tracked_state *t = before->t[i].st;
+
+    r = crash_safe ? regions_settle (tr, t, err)
+      : qcow2_write_changed (tr->img, t->idx, NULL, err);
+    if (r == -1)
+      goto failed;
+  }
+  r = qcow2_update (img2, tr->img, err);
+  if (r != -1)
+    return r;
+ failed:
+  /* Regions written exact may still be marked armed: disarm them all, so
+   * that the next first write into one arms it again.
+   */
+  if (crash_safe)
+    disarm_all (tr, before);
+  return -1;
 }
 
 static void
@@ -179,8 +232,7 @@ tracker_checkpoint (struct tracker *tr, const char *name,
    * new file holds it: arming needs arm_lock, which we hold.
    */
   atomic_store (&tr->set, both);
-  r = qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
-                     qemu_lock_new_file, err);
+  r = store_checkpoint (tr, before, img2, err);
   if (r == -1) {
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
@@ -424,8 +476,16 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   gone = tr->img->bitmaps[i].bits;
   img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
   qcow2_remove_bitmap (img2, i);
-  r = replace_file (tr, s, img2, err);
-  if (r == -1)
+  if (can_update (tr)) {
+    /* The tracked bitmaps keep their clusters: armed regions stay so. */
+    r = qcow2_update (img2, tr->img, err);
+    if (r == -1) {
+      undo (tr, img2);
+      return -1;
+    }
+    adopt (tr, img2);
+  }
+  else if ((r = replace_file (tr, s, img2, err)) == -1)
     return -1;
   /* A marker that loaded a set from before the checkpoint that disabled
    * this bitmap may still read it: retired, not freed.

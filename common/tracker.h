@@ -67,6 +67,7 @@ struct tracked_state {
   uint64_t nregions;
   _Atomic uint64_t *touched;    /* regions written since the persist cut */
   _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
+  _Atomic uint64_t *arming;     /* all-ones written, armed not yet set */
   /* No longer tracked (a checkpoint disabled it, or growth replaced it):
    * its bits on disk are final, so a late marker must not arm it.
    */

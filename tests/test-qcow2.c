@@ -1,11 +1,13 @@
 /* Proves the writer's files read back identically, have the field values
  * and offsets of the spec, exact table sizes and exact refcounts, and that
- * in-place flag and data updates keep the file valid.
+ * in-place flag and data updates keep the file valid, as do updates
+ * that add and remove bitmaps without a rewrite.
  */
 #include <config.h>
 
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "endian-be.h"
@@ -197,6 +199,129 @@ test_draft_golden (void)
   qcow2_close (img);
 }
 
+/* A model and its clone share bit storage: forget it in the old one. */
+static void
+close_shared (struct qcow2_image *img)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    img->bitmaps[i].bits = NULL;
+  qcow2_close (img);
+}
+
+static void
+check_reads_back (const char *what, uint32_t nb, uint64_t count0)
+{
+  struct qcow2_image *back;
+  struct dbm_err err;
+
+  if (qcow2_open (path, QCOW2_OPEN_RW, &back, &err) == -1) {
+    fprintf (stderr, "%s: %s\n", what, err.msg);
+    CHECK (!"file reads back");
+    return;
+  }
+  CHECK_EQ (back->nb_bitmaps, nb);
+  CHECK_EQ (back->leaked_clusters, 0);
+  CHECK_EQ (back->shared_clusters, 0);
+  CHECK (qcow2_is_canonical (back));
+  CHECK_EQ (bitmap_count (back->bitmaps[0].bits), count0);
+  qcow2_close (back);
+}
+
+/* qcow2_update: a checkpoint-like addition and a removal change the file
+ * where it is (same inode, kept bitmaps' clusters untouched, a removed
+ * one's left as they were for readers of the old header), the file reads
+ * back exact and canonical, and a file left mostly free asks for
+ * compaction.
+ */
+static void
+test_update (void)
+{
+  struct dbm_err err;
+  struct qcow2_image *img, *cur, *next;
+  struct stat st0, st1;
+  uint64_t a_data, a_table;
+  unsigned char byte;
+  int fd, k;
+
+  img = qcow2_new (UINT64_C (64) << 30, 16, QCOW2_LAYOUT_QEMU, &err);
+  CHECK (img != NULL);
+  CHECK (qcow2_add_bitmap (img, "a", 16, BME_FLAG_AUTO, 0, &err) == 0);
+  bitmap_mark (img->bitmaps[0].bits, 0, UINT64_C (1) << 30);   /* 1 GiB */
+  CHECK (qcow2_commit (img, path, 0, NULL, &err) == 0);
+  qcow2_close (img);
+  CHECK (qcow2_open (path, QCOW2_OPEN_RW, &cur, &err) == 0);
+  if (cur == NULL)
+    return;
+  CHECK (qcow2_is_canonical (cur));
+  CHECK (!qcow2_wants_compaction (cur));
+  CHECK (stat (path, &st0) == 0);
+  a_table = cur->bitmaps[0].bitmap_table_offset;
+  a_data = cur->bitmaps[0].table[0];
+
+  /* Add "b" and disable "a", as a checkpoint does. */
+  next = qcow2_clone (cur, &err);
+  CHECK (next != NULL);
+  next->bitmaps[0].flags = 0;
+  CHECK (qcow2_add_bitmap (next, "b", 16, BME_FLAG_AUTO, 0, &err) == 0);
+  bitmap_mark (next->bitmaps[1].bits, UINT64_C (3) << 30, 65536);
+  CHECK (qcow2_update (next, cur, &err) == 0);
+  CHECK (cur->fd == -1 && next->fd >= 0);
+  CHECK_EQ (next->bitmaps[0].bitmap_table_offset, a_table);
+  CHECK_EQ (next->bitmaps[0].table[0], a_data);
+  CHECK (next->bitmaps[1].bitmap_table_offset >= (uint64_t) st0.st_size);
+  CHECK (stat (path, &st1) == 0);
+  CHECK_EQ (st1.st_ino, st0.st_ino);
+  CHECK (qcow2_check_identity (next, path, &err) == 0);
+  close_shared (cur);
+  cur = next;
+  check_reads_back ("after adding", 2, 16384);
+
+  /* Remove "a": its clusters stay as they were (free, unreferenced). */
+  next = qcow2_clone (cur, &err);
+  CHECK (next != NULL);
+  bitmap_delete (cur->bitmaps[0].bits);
+  cur->bitmaps[0].bits = next->bitmaps[0].bits = NULL;
+  qcow2_remove_bitmap (next, 0);
+  CHECK (qcow2_update (next, cur, &err) == 0);
+  close_shared (cur);
+  cur = next;
+  check_reads_back ("after removing", 1, 1);
+  fd = open (path, O_RDONLY);
+  CHECK (fd >= 0);
+  CHECK (pread (fd, &byte, 1, a_data) == 1 && byte == 0xff);
+  close (fd);
+
+  /* Each add and remove leaves a bitmap's clusters free: before long the
+   * file is mostly free and a rewrite should compact it.
+   */
+  for (k = 0; k < 8 && !qcow2_wants_compaction (cur); ++k) {
+    char name[16];
+
+    snprintf (name, sizeof name, "t%d", k);
+    next = qcow2_clone (cur, &err);
+    CHECK (next != NULL && qcow2_add_bitmap (next, name, 16, 0, 0, &err) == 0);
+    CHECK (qcow2_update (next, cur, &err) == 0);
+    close_shared (cur);
+    cur = next;
+    next = qcow2_clone (cur, &err);
+    CHECK (next != NULL);
+    bitmap_delete (cur->bitmaps[1].bits);
+    cur->bitmaps[1].bits = next->bitmaps[1].bits = NULL;
+    qcow2_remove_bitmap (next, 1);
+    CHECK (qcow2_update (next, cur, &err) == 0);
+    close_shared (cur);
+    cur = next;
+  }
+  CHECK (qcow2_wants_compaction (cur));
+  check_reads_back ("after cycles", 1, 1);
+  CHECK (qcow2_commit (cur, path, 0, NULL, &err) == 0);
+  CHECK (!qcow2_wants_compaction (cur));
+  check_reads_back ("compacted", 1, 1);
+  qcow2_close (cur);
+}
+
 int
 main (void)
 {
@@ -206,6 +331,7 @@ main (void)
   test_round_trip ();
   test_cluster_sizes ();
   test_draft_golden ();
+  test_update ();
   unlink (path);
   TEST_DONE ();
 }
