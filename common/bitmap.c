@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bitmap.h"
+#include "test-hooks.h"
 
 int
 bitmap_init (struct bitmap *bm, uint64_t size, unsigned granularity_bits)
@@ -96,6 +97,7 @@ set_word (struct bitmap *bm, uint64_t leaf, _Atomic uint64_t *w,
     return 0;
   if ((atomic_fetch_or (w, mask) & mask) == mask)
     return 0;
+  DBM_TEST_HOOK (DBM_HOOK_BIT_SET);
   bitmap_set_changed (bm, leaf);
   return 1;
 }

@@ -35,7 +35,8 @@ struct epoch_slot {
   struct epoch_slot *next;      /* all slots; never freed */
 } __attribute__ ((aligned (64)));
 
-extern _Atomic uint64_t epoch_global;
+/* Hidden: the write path reads it directly, not through the GOT. */
+extern _Atomic uint64_t epoch_global __attribute__ ((visibility ("hidden")));
 extern __thread struct epoch_slot *epoch_self
   __attribute__ ((tls_model ("initial-exec")));
 

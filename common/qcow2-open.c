@@ -292,8 +292,10 @@ parse_extensions (struct qcow2_image *img, const unsigned char *c0,
                   img->path, off);
     magic = get_be32 (c0 + off);
     len = get_be32 (c0 + off + 4);
-    if (magic == QCOW2_EXT_END)
+    if (magic == QCOW2_EXT_END) {
+      img->ext_end_offset = off;
       return 0;
+    }
     if (len > img->cluster_size - off - 8)
       return BAD ("%s: header extension 0x%08" PRIx32 " at offset 0x%" PRIx64
                   " has length %" PRIu32 ", past the end of cluster 0",
@@ -379,6 +381,7 @@ walk_l1 (struct qcow2_image *img, uint8_t *refs, struct dbm_err *err)
       return BAD ("%s: extended L2 entries are not supported", img->path);
     if (add_ref (img, refs, l2_off, 1, "L2 table", err) == -1)
       return -1;
+    img->l2_tables++;
     if (qcow2_pread_full (img->fd, l2, img->cluster_size, l2_off) == -1)
       return dbm_seterr (err, errno, "%s: read L2 table at 0x%" PRIx64 ": %m",
                          img->path, l2_off);

@@ -258,7 +258,9 @@ qcow2_update (struct qcow2_image *img, struct qcow2_image *img0,
   }
   r = 0;
   if (fdatasync (fd) == -1) {
-    /* In force, not yet durable: every later qcow2_sync syncs it. */
+    /* In force, not yet durable: the next qcow2_sync writes the header
+     * again and syncs (header_sync_pending), and every flush runs it.
+     */
     dbm_seterr (err, errno, "%s: fdatasync: %m", img->path);
     r = 1;
   }
@@ -266,7 +268,9 @@ qcow2_update (struct qcow2_image *img, struct qcow2_image *img0,
   img0->fd = -1;
   img->file_size = total * C;
   img->dir_sync_pending = img0->dir_sync_pending;
+  img->header_sync_pending = r == 1;
   img->leaked_clusters = img->shared_clusters = img->data_clusters = 0;
+  img->l2_tables = 0;
   qcow2_note_identity (img);
   goto out;
 

@@ -7,8 +7,9 @@
  * flush would report durability that does not exist.  So persists and
  * flushes first check that the descriptor is still the file at the path,
  * with the size and the fixed header we wrote.  The header's first 104
- * bytes never change between commits (in-place updates touch only flags,
- * the state word and bitmap data).
+ * bytes change only at a commit or a qcow2_update, which note them again
+ * (other in-place updates touch only flags, the state word and bitmap
+ * data).
  */
 #include <config.h>
 

@@ -271,6 +271,7 @@ qcow2_put_header (struct qcow2_image *img, int fd, struct dbm_err *err)
   put_be64 (h + off + 16, img->dbm_region_size);
   img->dbm_ext_offset = off + 8;
   off += 8 + DBM_EXT_LENGTH;
+  img->ext_end_offset = off;
   off += 8;                     /* end marker: already zero */
   if (qcow2_pwrite_full (fd, h, off, 0) == -1)
     return dbm_seterr (err, errno, "write header: %m");
@@ -422,7 +423,7 @@ write_image (struct qcow2_image *img, int fd, struct dbm_err *err)
   if (r == -1)
     return -1;
   img->file_size = total << img->cluster_bits;
-  img->leaked_clusters = 0;
+  img->leaked_clusters = img->shared_clusters = img->l2_tables = 0;
   img->autoclear_without_ext = false;
   img->ext_inconsistent = false;
   img->data_clusters = 0;
@@ -443,7 +444,7 @@ qcow2_is_canonical (struct qcow2_image *img)
   uint64_t C = img->cluster_size, i, j, ext_len;
 
   if (img->fd < 0 || img->leaked_clusters || img->data_clusters ||
-      img->shared_clusters ||
+      img->shared_clusters || img->l2_tables ||
       img->autoclear_without_ext || img->ext_inconsistent ||
       img->header_length != QCOW2_HEADER_LENGTH ||
       img->incompatible_features || img->compatible_features ||
@@ -454,7 +455,9 @@ qcow2_is_canonical (struct qcow2_image *img)
     return false;
   ext_len = !img->nb_bitmaps ? 0 : 8 + (img->layout == QCOW2_LAYOUT_DRAFT2015
                                          ? BME_DRAFT_EXT_LENGTH : BME_EXT_LENGTH);
-  if (img->dbm_ext_offset != QCOW2_HEADER_LENGTH + ext_len + 8)
+  /* Ours last: a header rewrite (qcow2_update) keeps nothing after it. */
+  if (img->dbm_ext_offset != QCOW2_HEADER_LENGTH + ext_len + 8 ||
+      img->ext_end_offset != img->dbm_ext_offset + DBM_EXT_LENGTH)
     return false;
   for (i = 0; i < img->nb_bitmaps; ++i) {
     const struct qcow2_bitmap *b = &img->bitmaps[i];
@@ -471,22 +474,25 @@ qcow2_is_canonical (struct qcow2_image *img)
   return true;
 }
 
-int
-qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
-                     struct dbm_err *err)
+/* Write the pages of bitmap I that take_page selects (CHANGED_ONLY: the
+ * flagged ones), not synced.
+ */
+static int
+write_pages (struct qcow2_image *img, int i, bool changed_only, bool *wrote,
+             struct dbm_err *err)
 {
   struct qcow2_bitmap *b = &img->bitmaps[i];
   unsigned char buf[WRITE_UNIT];
   uint64_t page;
 
-  if (!atomic_load (&b->bits->any_changed))
+  if (changed_only && !atomic_load (&b->bits->any_changed))
     return 0;
   /* Cleared before the scan: a bit flipped during it sets it again. */
   atomic_store (&b->bits->any_changed, false);
   for (page = 0; page < npages (b->bits); ++page) {
     size_t len;
 
-    if (!take_page (b->bits, page, true))
+    if (!take_page (b->bits, page, changed_only))
       continue;
     len = export_page (b->bits, page, buf);
     if (qcow2_write_data (img, i, page * WRITE_UNIT, buf, len, err) == -1) {
@@ -497,6 +503,19 @@ qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
       *wrote = true;
   }
   return 0;
+}
+
+int
+qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
+                     struct dbm_err *err)
+{
+  return write_pages (img, i, true, wrote, err);
+}
+
+int
+qcow2_write_present (struct qcow2_image *img, int i, struct dbm_err *err)
+{
+  return write_pages (img, i, false, NULL, err);
 }
 
 int
@@ -556,6 +575,7 @@ qcow2_commit (struct qcow2_image *img, const char *user_path, unsigned flags,
   free (img->path);
   img->path = af.path;
   img->dir_sync_pending = r == ATOMIC_FILE_COMMITTED_NOT_DURABLE;
+  img->header_sync_pending = false;
   qcow2_note_identity (img);
   return r;
 }
@@ -609,13 +629,22 @@ qcow2_write_data (struct qcow2_image *img, int i, uint64_t byte_offset,
 int
 qcow2_sync (struct qcow2_image *img, struct dbm_err *err)
 {
-  if (fdatasync (img->fd) == -1)
+  bool header = atomic_exchange (&img->header_sync_pending, false);
+
+  if (header && qcow2_put_header (img, img->fd, err) == -1) {
+    atomic_store (&img->header_sync_pending, true);
+    return -1;
+  }
+  if (fdatasync (img->fd) == -1) {
+    if (header)
+      atomic_store (&img->header_sync_pending, true);
     return dbm_seterr (err, errno, "%s: fdatasync: %m", img->path);
+  }
   /* A rewrite whose directory sync failed is not durable until it works. */
-  if (img->dir_sync_pending) {
-    if (atomic_file_sync_dir (img->path, err) == -1)
-      return -1;
-    img->dir_sync_pending = false;
+  if (atomic_exchange (&img->dir_sync_pending, false) &&
+      atomic_file_sync_dir (img->path, err) == -1) {
+    atomic_store (&img->dir_sync_pending, true);
+    return -1;
   }
   return 0;
 }

@@ -131,6 +131,8 @@ struct qcow2_image {
   uint64_t leaked_clusters;     /* refcount > 0, never referenced */
   uint64_t first_leak;          /* offset of the first leaked cluster */
   uint64_t shared_clusters;     /* referenced more than once */
+  uint64_t l2_tables;           /* L2 tables the L1 points at */
+  uint64_t ext_end_offset;      /* offset of the end-of-extensions marker */
   bool autoclear_without_ext;   /* bit 0 set, no bitmaps extension */
   uint32_t dbm_state;           /* DBM_STATE_* from our extension */
   uint64_t dbm_region_size;
@@ -147,8 +149,23 @@ struct qcow2_image {
   /* A commit renamed the new file into place but its directory sync
    * failed: qcow2_sync retries it before it may succeed.
    */
-  bool dir_sync_pending;
+  _Atomic bool dir_sync_pending;
+  /* A qcow2_update switched the header but the sync after it failed:
+   * qcow2_sync writes the header again (the kernel may have dropped the
+   * page) and syncs before it may succeed.  Both flags are set under the
+   * caller's exclusion of every other sync (tracker: all four locks) and
+   * taken by exchange, so two concurrent syncs never both retry.
+   */
+  _Atomic bool header_sync_pending;
 };
+
+/* Must qcow2_sync run before a flush may say the file is durable? */
+static inline bool
+qcow2_sync_pending (const struct qcow2_image *img)
+{
+  return atomic_load (&img->dir_sync_pending) ||
+    atomic_load (&img->header_sync_pending);
+}
 
 /* QEMU's view of the disk: the header size truncated to 512-byte sectors. */
 static inline uint64_t
@@ -279,6 +296,13 @@ extern bool qcow2_is_canonical (struct qcow2_image *img);
  * leaf that fails to write stays flagged.
  */
 extern int qcow2_write_changed (struct qcow2_image *img, int i, bool *wrote,
+                                struct dbm_err *err);
+
+/* Write every present data leaf of bitmap I (not synced): a bitmap made
+ * final in place, whose changed flags may lag its bits (a marker sets the
+ * bit, then flags the leaf).
+ */
+extern int qcow2_write_present (struct qcow2_image *img, int i,
                                 struct dbm_err *err);
 
 /* Apply the model to a canonical file in place: changed data leaves

@@ -12,13 +12,12 @@
  *             persist's cut are disarmed, then written exact
  *
  * Transitions and what guards them:
- *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the arming
- *                              bit is set before the all-ones write, the
- *                              armed bit only after the group-committed
- *                              sync (sync_lock) covering it, and then
- *                              the arming bit is cleared (a failed
- *                              arming leaves it set: all-ones may be on
- *                              disk)
+ *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the ones bit
+ *                              ("may be all-ones on disk") is set before
+ *                              the all-ones write, the armed bit only
+ *                              after the group-committed sync (sync_lock)
+ *                              covering it; ones is cleared by an exact
+ *                              write that succeeds
  *   ARMED -> EXACT             regions_persist, under persist_lock and
  *                              arm_lock; the writer's order "set bits,
  *                              set touched, load armed" and the persist's
@@ -33,12 +32,13 @@
  *                              bumps arm_gen, so an arming whose write
  *                              went to the old file arms again instead
  *                              of setting the armed bit
- *   ARMED -> EXACT (settled)   a checkpoint updating the file in place
- *                              (qcow2_update), under all four locks,
- *                              after its cut, writes the armed regions
- *                              of the states it disables exact; they are
- *                              retired when it commits, and on failure
- *                              every region is disarmed (arm_gen bumped)
+ *   ARMED, ARMING -> EXACT     a checkpoint updating the file in place
+ *     (settled)                (qcow2_update), under all four locks,
+ *                              after its cut: regions_settle disarms the
+ *                              states it disables (arm_gen bumped) and
+ *                              writes every region with ones set exact;
+ *                              the states retire when it commits, or on
+ *                              failure stay tracked, disarmed
  *   any -> retired             the state's bitmap stopped being tracked
  *                              (st->retired): never armed again
  *
@@ -118,7 +118,7 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
       if (region_test (t->armed, r) || atomic_load (&t->retired))
         return 0;
       gen = tr->arm_gen;
-      region_set (t->arming, r);
+      region_set (t->ones, r);
       if (write_region (tr, t, r, true, &err) == -1) {
         tr->cfg.log ("%s", err.msg);
         errno = err.errnum ? err.errnum : EIO;
@@ -140,7 +140,7 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
        */
       if (tr->arm_gen == gen) {
         region_set (t->armed, r);
-        atomic_fetch_and (&t->arming[r >> 6], ~(UINT64_C (1) << (r & 63)));
+        atomic_fetch_and (&t->ones[r >> 6], ~(UINT64_C (1) << (r & 63)));
         return 0;
       }
     }
@@ -198,6 +198,7 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
            * forwarded.  Re-arming them here would let a write skip that.
            */
           return -1;
+        atomic_fetch_and (&t->ones[w], ~(UINT64_C (1) << k));
         *wrote = true;
       }
     }
@@ -214,10 +215,13 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
   return 0;
 }
 
-/* Safe after the cut: a write forwarded without waiting for arm_lock set
- * its bits before the cut (a marker that sees the new set re-marks there,
- * and arming the new state's region waits for arm_lock), so the export
- * holds them.
+/* Disarm first, then export: a writer that found a region armed set
+ * its bits before the disarm, so before the export; one that finds it
+ * disarmed takes regions_arm, which waits for arm_lock (held by the
+ * checkpoint) and then, if the checkpoint failed and the state is still
+ * tracked, arms it again.  arm_gen makes an arming whose all-ones write
+ * came before the export arm again too, instead of setting the bit over
+ * an exact region.
  */
 int
 regions_settle (struct tracker *tr, struct tracked_state *t,
@@ -225,14 +229,18 @@ regions_settle (struct tracker *tr, struct tracked_state *t,
 {
   uint64_t w, k;
 
+  tr->arm_gen++;
   for (w = 0; w < (t->nregions + 63) / 64; ++w) {
-    /* ARMING too: its all-ones may be on disk already. */
-    uint64_t armed = atomic_load (&t->armed[w]) | atomic_load (&t->arming[w]);
+    uint64_t todo = atomic_exchange (&t->armed[w], 0);
 
-    for (k = 0; armed && k < 64; ++k)
-      if ((armed >> k) & 1 &&
-          write_region (tr, t, w * 64 + k, false, err) == -1)
+    todo |= atomic_load (&t->ones[w]);
+    for (k = 0; todo && k < 64; ++k) {
+      if (!((todo >> k) & 1))
+        continue;
+      if (write_region (tr, t, w * 64 + k, false, err) == -1)
         return -1;
+      atomic_fetch_and (&t->ones[w], ~(UINT64_C (1) << k));
+    }
   }
   return 0;
 }

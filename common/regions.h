@@ -28,10 +28,9 @@ extern int regions_arm (struct tracker *tr, struct tracked_state *t,
 extern int regions_persist (struct tracker *tr, bool *wrote,
                             struct dbm_err *err);
 
-/* A checkpoint updating the file in place, after its cut: write every
- * armed or arming region of T (a state the checkpoint disables) exact,
- * leaving the armed bits alone (the state is retired next, or, if the
- * checkpoint fails, everything is disarmed).  Caller holds arm_lock.
+/* A checkpoint updating the file in place, after its cut: disarm T (a
+ * state the checkpoint disables) and write every region that may be
+ * all-ones on disk exact.  Caller holds arm_lock.
  */
 extern int regions_settle (struct tracker *tr, struct tracked_state *t,
                            struct dbm_err *err);

@@ -14,6 +14,10 @@ enum dbm_hook {
                                    scanned, arm_lock held */
   DBM_HOOK_ARM_WRITTEN,         /* regions_arm: all-ones written, no lock
                                    held, not yet synced */
+  DBM_HOOK_BIT_SET,             /* set_word: a bit flipped, its leaf not
+                                   yet flagged changed */
+  DBM_HOOK_SETTLED,             /* store_checkpoint: old bitmaps made
+                                   exact in place, not yet committed */
 };
 
 #ifdef DBM_TEST_HOOKS

@@ -28,6 +28,9 @@
 
 struct track_set tracker_empty_set;
 
+/* qemu mode's armed array for the write path (struct tracked). */
+_Atomic uint64_t tracker_always_armed = 1;
+
 /* Append P to a growing array of pointers. */
 static int
 keep (void ***arr, size_t *n, void *p)
@@ -61,7 +64,7 @@ free_state (void *p)
 
   free ((void *) st->touched);
   free ((void *) st->armed);
-  free ((void *) st->arming);
+  free ((void *) st->ones);
   free (st);
 }
 
@@ -192,8 +195,8 @@ tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
   words = (st->nregions + 63) / 64;
   st->touched = calloc (words, sizeof (_Atomic uint64_t));
   st->armed = calloc (words, sizeof (_Atomic uint64_t));
-  st->arming = calloc (words, sizeof (_Atomic uint64_t));
-  if (st->touched == NULL || st->armed == NULL || st->arming == NULL) {
+  st->ones = calloc (words, sizeof (_Atomic uint64_t));
+  if (st->touched == NULL || st->armed == NULL || st->ones == NULL) {
     dbm_seterr (err, ENOMEM, "out of memory");
     return NULL;
   }
@@ -219,8 +222,14 @@ tracker_new_set (struct tracker *tr, struct tracked_state **states, size_t n,
     t->granularity_bits = st->bits->granularity_bits;
     t->nbits = st->bits->nbits;
     t->leaves = st->bits->leaves;
-    t->region_shift = st->region_shift;
-    t->armed = tr->cfg.mode == TRACKER_CRASH_SAFE ? st->armed : NULL;
+    if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
+      t->region_shift = st->region_shift;
+      t->armed = st->armed;
+    }
+    else {
+      t->region_shift = 63;
+      t->armed = &tracker_always_armed;
+    }
   }
   s->nt = n;
   return s;

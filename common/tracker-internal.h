@@ -49,6 +49,30 @@ extern void tracker_retire_state (struct tracker *tr,
                                   struct tracked_state *st);
 extern void tracker_retire_bitmap (struct tracker *tr, struct bitmap *bm);
 
+/* Publish S as the set markers use, then refresh the write path's view
+ * (tracker.h: fast).  Callers hold quiesce_lock, or are the activation,
+ * before any writer or model change.
+ */
+static inline void
+tracker_publish (struct tracker *tr, struct track_set *s)
+{
+  atomic_store (&tr->set, s);
+  atomic_store (&tr->fast, s->nt == 1 && !tr->cfg.no_fast_path &&
+                !atomic_load (&tr->in_use_cleared) ? s : NULL);
+}
+
+/* qemu mode: in_use is (true) or is no longer (false) clear on disk;
+ * the write path's view follows.  Caller holds quiesce_lock.
+ */
+static inline void
+tracker_set_in_use_cleared (struct tracker *tr, bool cleared)
+{
+  atomic_store (&tr->in_use_cleared, cleared);
+  tracker_publish (tr, atomic_load (&tr->set));
+}
+
+extern _Atomic uint64_t tracker_always_armed;
+
 /* The published set no marker can be on before the first one: empty. */
 extern struct track_set tracker_empty_set;
 

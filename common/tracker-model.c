@@ -8,8 +8,9 @@
  * to them), so their cost does not grow with the bitmaps kept; growth,
  * repairs and compaction write a new file (temporary file + rename).
  * Either way the file passes qemu-img check at every instant, and a
- * failure leaves the old state in force.  All four tracker locks are held throughout, so no persist, arming
- * write or in_use change touches either file meanwhile.  Markers keep
+ * failure leaves the old state in force.  All four tracker locks are
+ * held throughout, so no persist, arming write or in_use change touches
+ * either file meanwhile.  Markers keep
  * setting bits in memory; the published track_set tells them where, and
  * mark_slow's re-check covers a marker that raced with the replacement.
  */
@@ -93,15 +94,23 @@ disarm_all (struct tracker *tr, const struct track_set *s)
 static bool
 can_update (struct tracker *tr)
 {
+  struct dbm_err ignored;
+
+  /* A file damaged or replaced behind our back is written again from
+   * memory instead (the identity check says why at the next flush).
+   */
   return tr->img->fd >= 0 && qcow2_is_canonical (tr->img) &&
-    !qcow2_wants_compaction (tr->img);
+    !qcow2_wants_compaction (tr->img) &&
+    qcow2_check_identity (tr->img, tr->cfg.path, &ignored) == 0;
 }
 
 /* Commit the checkpoint's model IMG2, after the cut.  Updated in place,
  * the bitmaps it disables keep their clusters, so first their bits on
- * disk are made exact: crash-safe, the armed (all-ones) regions; qemu
- * mode, the changed leaves (in_use is still set on disk, so any order is
- * safe there).  Returns as qcow2_commit.
+ * disk are made exact: crash-safe, the regions that may be all-ones
+ * (disarmed first: regions_settle); qemu mode, every present leaf (in_use
+ * is still set on disk, so any order is safe there; the changed flags
+ * are not enough, a marker sets a bit before it flags its leaf).
+ * Returns as qcow2_commit.
  */
 static int
 store_checkpoint (struct tracker *tr, const struct track_set *before,
@@ -111,6 +120,7 @@ store_checkpoint (struct tracker *tr, const struct track_set *before,
   size_t i;
   int r;
 
+  assert (atomic_load (&tr->set) != before);    /* after the cut */
   if (!can_update (tr))
     return qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
                          qemu_lock_new_file, err);
@@ -118,20 +128,12 @@ store_checkpoint (struct tracker *tr, const struct track_set *before,
     struct tracked_state *t = before->t[i].st;
 
     r = crash_safe ? regions_settle (tr, t, err)
-      : qcow2_write_changed (tr->img, t->idx, NULL, err);
+      : qcow2_write_present (tr->img, t->idx, err);
     if (r == -1)
-      goto failed;
+      return -1;
   }
-  r = qcow2_update (img2, tr->img, err);
-  if (r != -1)
-    return r;
- failed:
-  /* Regions written exact may still be marked armed: disarm them all, so
-   * that the next first write into one arms it again.
-   */
-  if (crash_safe)
-    disarm_all (tr, before);
-  return -1;
+  DBM_TEST_HOOK (DBM_HOOK_SETTLED);
+  return qcow2_update (img2, tr->img, err);
 }
 
 static void
@@ -231,12 +233,12 @@ tracker_checkpoint (struct tracker *tr, const char *name,
    * In crash-safe mode no write into a new region is forwarded before the
    * new file holds it: arming needs arm_lock, which we hold.
    */
-  atomic_store (&tr->set, both);
+  tracker_publish (tr, both);
   r = store_checkpoint (tr, before, img2, err);
   if (r == -1) {
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
-    atomic_store (&tr->set, before);
+    tracker_publish (tr, before);
     tracker_retire_set (tr, both);
     tracker_retire_set (tr, after);
     tracker_retire_state (tr, nst);
@@ -249,10 +251,10 @@ tracker_checkpoint (struct tracker *tr, const char *name,
    * the sets that led to them go once no marker reads them.
    */
   retire (before);
-  atomic_store (&tr->set, after);
+  tracker_publish (tr, after);
   adopt (tr, img2);
   tr->generation++;
-  atomic_store (&tr->in_use_cleared, false);
+  tracker_set_in_use_cleared (tr, false);
   tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
@@ -355,7 +357,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
   /* Publish before copying: a marker still on the old set either set its
    * bits before the copy reads them, or re-checks and marks the new set.
    */
-  atomic_store (&tr->set, after);
+  tracker_publish (tr, after);
   for (j = 0; j < img2->nb_bitmaps; ++j) {
     if (!grows[j])
       continue;
@@ -390,7 +392,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
    * marked in the new storage meanwhile (the part that fits).
    */
   retire (after);
-  atomic_store (&tr->set, before);
+  tracker_publish (tr, before);
   for (j = 0; j < img2->nb_bitmaps; ++j)
     if (grows[j] &&
         bitmap_copy (tr->img->bitmaps[j].bits, img2->bitmaps[j].bits) == -1)
@@ -430,6 +432,8 @@ static int
 replace_file (struct tracker *tr, const struct track_set *s,
               struct qcow2_image *img2, struct dbm_err *err)
 {
+  size_t k;
+  uint64_t w;
   int r;
 
   disarm_all (tr, s);
@@ -439,6 +443,12 @@ replace_file (struct tracker *tr, const struct track_set *s,
     undo (tr, img2);
     return -1;
   }
+  /* The new file is exact everywhere (an arming still in flight marks
+   * its region again when it writes it anew).
+   */
+  for (k = 0; k < s->nt; ++k)
+    for (w = 0; w < (s->t[k].st->nregions + 63) / 64; ++w)
+      atomic_store (&s->t[k].st->ones[w], 0);
   adopt (tr, img2);
   return r;
 }

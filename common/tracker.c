@@ -371,7 +371,7 @@ tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
     }
   }
   /* Committed: nobody marks yet (no writer has been served). */
-  atomic_store (&tr->set, s);
+  tracker_publish (tr, s);
   atomic_store (&tr->active, true);
   return r;
 }
@@ -403,6 +403,7 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
     return dbm_seterr (err, ENOMEM, "out of memory");
   tr->cfg = *cfg;
   atomic_init (&tr->set, &tracker_empty_set);
+  atomic_init (&tr->fast, NULL);
   if (tr->cfg.log == NULL)
     tr->cfg.log = nolog;
   pthread_mutex_init (&tr->persist_lock, NULL);
@@ -545,7 +546,7 @@ tracker_activate (struct tracker *tr, struct dbm_err *err)
     if (r != 0)
       return -1;
   }
-  if (tr->img->dir_sync_pending)
+  if (qcow2_sync_pending (tr->img))
     return qcow2_sync (tr->img, err);
   return 0;
 }
@@ -584,7 +585,7 @@ reassert_in_use (struct tracker *tr)
     errno = err.errnum ? err.errnum : EIO;
     return -1;
   }
-  atomic_store (&tr->in_use_cleared, false);
+  tracker_set_in_use_cleared (tr, false);
   return 0;
 }
 
@@ -776,6 +777,9 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
     reflag_all (tr);
     return -1;
   }
+  /* A change committed but not yet durable: no persist succeeds first. */
+  if (qcow2_sync_pending (tr->img) && qcow2_sync (tr->img, err) == -1)
+    return -1;
   tr->last_persist = time (NULL);
   epoch_reclaim ();             /* what model changes retired meanwhile */
   return 0;
@@ -791,8 +795,10 @@ tracker_flush (struct tracker *tr, struct dbm_err *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
   if (check_file (tr, err) == -1)
     return -1;
-  /* Arming writes are synced already; a rewrite's directory may not be. */
-  return tr->img->dir_sync_pending ? qcow2_sync (tr->img, err) : 0;
+  /* Arming writes are synced already; a change's header or directory
+   * may not be.
+   */
+  return qcow2_sync_pending (tr->img) ? qcow2_sync (tr->img, err) : 0;
 }
 
 int
@@ -808,7 +814,7 @@ tracker_quiesce (struct tracker *tr, struct dbm_err *err)
    * flipped its bit early enough for the persist to see it, or sees the
    * flag and sets in_use again (after this function, under the lock).
    */
-  atomic_store (&tr->in_use_cleared, true);
+  tracker_set_in_use_cleared (tr, true);
   /* On failure the flag stays up: writers then re-assert in_use, which is
    * harmless if it was never cleared and needed if it partly was.
    */

@@ -55,6 +55,10 @@ struct tracker_config {
   enum tracker_mode mode;
   enum tracker_in_use in_use_policy;
   uint64_t region_size;         /* crash-safe: bytes of disk per region */
+  /* Every write takes tracker_mark, none the inline no-op check (the
+   * filter's debug logging of each marked range).
+   */
+  bool no_fast_path;
   /* Where notable events go (the filter passes nbdkit's logger). */
   void (*log) (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 };
@@ -67,7 +71,11 @@ struct tracked_state {
   uint64_t nregions;
   _Atomic uint64_t *touched;    /* regions written since the persist cut */
   _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
-  _Atomic uint64_t *arming;     /* all-ones written, armed not yet set */
+  /* Regions that may be all-ones on disk: set before an arming's write,
+   * cleared once the region is written exact (so it covers ARMING, and
+   * regions an exact write failed to shrink).
+   */
+  _Atomic uint64_t *ones;
   /* No longer tracked (a checkpoint disabled it, or growth replaced it):
    * its bits on disk are final, so a late marker must not arm it.
    */
@@ -80,7 +88,12 @@ struct tracked {
   unsigned region_shift;
   uint64_t nbits;
   _Atomic (_Atomic uint64_t *) *leaves;
-  _Atomic uint64_t *armed;      /* NULL in qemu mode: nothing to check */
+  /* crash-safe: the state's armed regions.  qemu mode has nothing to
+   * check: region_shift is 63 (every bit is in region 0) and armed points
+   * at a word whose bit 0 is set (tracker_always_armed), so that the
+   * write path needs no test of the mode.
+   */
+  _Atomic uint64_t *armed;
   struct tracked_state *st;
 };
 
@@ -107,6 +120,15 @@ struct tracker {
   uint32_t *open_flags;         /* bitmap flags as the file had them */
   bool identity_logged;         /* "file changed behind our back" said */
   _Atomic (struct track_set *) set;
+  /* The write path's view of it: SET when it tracks exactly one bitmap
+   * and in_use needs no re-assertion (in_use_cleared false), else (and
+   * always with cfg.no_fast_path) NULL.
+   * Refreshed (tracker_refresh_fast) after every change of either, before
+   * anything that change protects is written: so a fast-path writer that
+   * reads FAST twice and sees the same set both times read its bits
+   * before any cut that followed.
+   */
+  _Atomic (const struct track_set *) fast;
   /* Lock order: quiesce_lock, persist_lock, arm_lock, sync_lock. */
   pthread_mutex_t persist_lock; /* one persist at a time */
   pthread_mutex_t arm_lock;     /* region state changes on disk */
@@ -186,21 +208,23 @@ tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
   uint64_t first = offset >> t->granularity_bits;
   uint64_t last = (offset + count - 1) >> t->granularity_bits;
   _Atomic uint64_t *words;
-  uint64_t mask, r;
+  uint64_t w, r;
 
   if (((first ^ last) >> 6) != 0 || last >= t->nbits)
     return false;
   words = atomic_load (&t->leaves[first / BITMAP_LEAF_BITS]);
   if (words == NULL)
     return false;
-  /* LAST - FIRST < 64; for 63, 2 << 63 wraps to 0 and mask to ~0. */
-  mask = ((UINT64_C (2) << (last - first)) - 1) << (first & 63);
-  if ((atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) != mask)
+  /* Bits FIRST..LAST of the word all set: the complement shifted so that
+   * bit FIRST is bit 0, then shifted up so that only LAST - FIRST + 1
+   * bits remain (LAST - FIRST < 64, so both shifts are 0..63).
+   */
+  w = ~atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]);
+  if (((w >> (first & 63)) << (63 - (last - first))) != 0)
     return false;
   /* A word never straddles regions (a region is whole words). */
   r = first >> t->region_shift;
-  return t->armed == NULL ||
-    ((atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1);
+  return (atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1;
 }
 
 /* The steady state of the common case, inline so that the caller can
@@ -218,15 +242,14 @@ tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
 
   if (e == NULL)
     return false;
-  s = atomic_load (&tr->set);
+  s = atomic_load (&tr->fast);
   DBM_TEST_HOOK (DBM_HOOK_NOOP_LOADED);
   /* The set is loaded again after the bits: if a cut replaced it since,
    * the bits seen may have been set by a marker after the old bitmap was
    * saved, so the general path must mark the new set (as mark_slow).
    */
-  r = s->nt == 1 &&
-    !atomic_load_explicit (&tr->in_use_cleared, memory_order_relaxed) &&
-    tracked_is_noop (&s->t[0], offset, count) && atomic_load (&tr->set) == s;
+  r = s != NULL && tracked_is_noop (&s->t[0], offset, count) &&
+    atomic_load (&tr->fast) == s;
   epoch_leave (e);
   return r;
 }

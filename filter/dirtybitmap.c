@@ -30,7 +30,6 @@
 
 /* -D dirtybitmap.verbose=1 */
 NBDKIT_DLL_PUBLIC int dirtybitmap_debug_verbose = 0;
-static bool verbose;    /* the same, copied in get_ready: one load less */
 
 static char *bitmap_file;
 static const char *bitmap_name = "dirtybitmap";
@@ -228,11 +227,10 @@ dirtybitmap_get_ready (int thread_model)
     .granularity_bits = granularity_bits,
     .granularity_default = granularity_default, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
-    .log = log_note,
+    .no_fast_path = dirtybitmap_debug_verbose, .log = log_note,
   };
   struct dbm_err err;
 
-  verbose = dirtybitmap_debug_verbose;
   /* Check everything now, while errors reach the terminal, but create and
    * write nothing: nbdkit may still fail to start (a port in use), and
    * then no cleanup runs.  The socket is created in after_fork, the file
@@ -621,13 +619,14 @@ mark (uint64_t offset, uint32_t count, int *err)
 }
 
 /* The steady state: the range is already recorded (and, crash-safe, its
- * region durable), no FUA, no debug: hand the request over as a tail
- * call, so the filter costs a few loads.
+ * region durable), no FUA (and no debug logging, which keeps the
+ * tracker's fast pointer NULL): hand the request over as a tail call, so
+ * the filter costs a few loads.
  */
 static inline __attribute__ ((always_inline)) bool
 steady (uint64_t offset, uint32_t count, uint32_t flags)
 {
-  return !(flags & NBDKIT_FLAG_FUA) && !verbose &&
+  return !(flags & NBDKIT_FLAG_FUA) &&
     tracker_mark_is_noop (tracker, offset, count);
 }
 

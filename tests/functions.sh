@@ -88,8 +88,15 @@ kill_nbdkit () {
 }
 
 # Dirty extents "OFFSET LENGTH" of bitmap NAME in FILE, read by our CLI.
+# If the map cannot be read (no such bitmap), a line saying so goes to
+# stdout too, so that no comparison of the output can pass.
 map_ours () {
-    "$DIRTYBITMAP" map "$1" "$2" | awk '$3 == "dirty" { print $1, $2 }'
+    local out
+    if ! out=$("$DIRTYBITMAP" map "$1" "$2"); then
+        echo "map_ours: cannot read bitmap $2 of $1"
+        return 1
+    fi
+    printf '%s\n' "$out" | awk '$3 == "dirty" { print $1, $2 }'
 }
 
 # The same, read independently by QEMU: qemu-nbd -B + nbdinfo --map.

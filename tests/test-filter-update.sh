@@ -5,8 +5,10 @@
 # one bitmap each, qemu-img check passes on the live file after each, and
 # the retained bitmaps keep exactly the writes made before them.  Then 24
 # rounds of checkpoint + removal of the oldest: the file is compacted now
-# and then (the inode changes, the apparent size stays bounded), and
-# after kill -9 it is still valid and holds every write.
+# and then (the inode changes, the apparent size stays bounded).  A file
+# replaced behind nbdkit's back is written again at the next checkpoint,
+# not updated in the unlinked inode.  After kill -9 the file is still
+# valid and holds every write.
 source "$srcdir/functions.sh"
 requires qemu-img --version
 requires qemu-nbd --version
@@ -62,13 +64,21 @@ for mode in crash-safe qemu; do
     $D status ctl | json_check '[b["name"] for b in j["bitmaps"]] ==
         ["dirtybitmap"] + ["k%d" % i for i in range(25, 37)]' ||
         fail "$mode: bitmaps listed"
+    # A file replaced behind nbdkit's back: the next checkpoint writes the
+    # file again from memory instead of updating the unlinked inode.
+    cp u.qcow2 u.copy && mv u.copy u.qcow2
+    $D checkpoint ctl z1 > /dev/null || fail "$mode: checkpoint z1"
+    $D info u.qcow2 --json | json_check '"z1" in [b["name"] for b in j["bitmaps"]]' ||
+        fail "$mode: z1 not in the file at the path"
+    map_ours u.qcow2 k36 > k36.ours
+    [ ! -s k36.ours ] || fail "$mode: k36 (no write while enabled) is not empty"
     write_at sock.$mode $(( 61 << 30 ))
     kill -9 "$(cat pid.$mode)"; sleep 0.5
     qemu_check u.qcow2
     map_ours u.qcow2 k35 > k35.ours
     echo "$(( 36 << 30 )) 65536" | expect_map - k35.ours "$mode: k35 after kill -9"
     if [ $mode = crash-safe ]; then
-        covers <(map_ours u.qcow2 k36) $(( 61 << 30 )) 4096 ||
+        covers <(map_ours u.qcow2 z1) $(( 61 << 30 )) 4096 ||
             fail "$mode: write before kill -9 lost"
     fi
 done

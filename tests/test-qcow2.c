@@ -5,9 +5,11 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "endian-be.h"
@@ -199,6 +201,19 @@ test_draft_golden (void)
   qcow2_close (img);
 }
 
+/* fdatasync fails when this count of calls reaches 1 (0: never). */
+static int sync_fails_at;
+
+int
+fdatasync (int fd)
+{
+  if (sync_fails_at > 0 && --sync_fails_at == 0) {
+    errno = EIO;
+    return -1;
+  }
+  return syscall (SYS_fdatasync, fd);
+}
+
 /* A model and its clone share bit storage: forget it in the old one. */
 static void
 close_shared (struct qcow2_image *img)
@@ -316,9 +331,24 @@ test_update (void)
   }
   CHECK (qcow2_wants_compaction (cur));
   check_reads_back ("after cycles", 1, 1);
+
+  /* The sync after the header switch fails: in force, not durable, and
+   * the next qcow2_sync writes the header again and syncs.
+   */
+  next = qcow2_clone (cur, &err);
+  CHECK (next != NULL && qcow2_add_bitmap (next, "s", 16, 0, 0, &err) == 0);
+  sync_fails_at = 2;            /* before the switch: 1, after it: 2 */
+  CHECK (qcow2_update (next, cur, &err) == 1);
+  CHECK (strstr (err.msg, "fdatasync") != NULL);
+  CHECK (next->fd >= 0 && qcow2_sync_pending (next));
+  close_shared (cur);
+  cur = next;
+  CHECK (qcow2_sync (cur, &err) == 0);
+  CHECK (!qcow2_sync_pending (cur));
+  check_reads_back ("after a failed sync", 2, 1);
   CHECK (qcow2_commit (cur, path, 0, NULL, &err) == 0);
   CHECK (!qcow2_wants_compaction (cur));
-  check_reads_back ("compacted", 1, 1);
+  check_reads_back ("compacted", 2, 1);
   qcow2_close (cur);
 }
 

@@ -12,13 +12,23 @@
  * 3. A first write whose all-ones went to the file a rewrite (removal,
  *    'persist' after damage) then replaced arms its region again: a
  *    later write into that region is on disk before it is forwarded.
+ * 4. qemu mode, a checkpoint made in place: a bit set by a marker that
+ *    has not yet flagged its leaf changed (and that another write, found
+ *    "nothing to do", relied on) is in the disabled bitmap on disk.
+ * 5. crash-safe, a checkpoint made in place that fails: a write that saw
+ *    its region armed before the checkpoint disarmed it, and whose bit
+ *    came after the old bitmap's regions were written exact, is on disk
+ *    once the old set is back in force.
  */
 #include <config.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "tracker.h"
@@ -281,6 +291,128 @@ test_arm_across_rewrite (void)
   CHECK (tracker_close (tr, &err) == 0);
 }
 
+/* Does the file have granule G set in bitmap NAME? */
+static bool
+file_has_in (const char *name, uint64_t g)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  bool r;
+  int i;
+
+  if (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &img, &err) == -1) {
+    fprintf (stderr, "%s\n", err.msg);
+    return false;
+  }
+  i = qcow2_find_bitmap (img, name);
+  r = i >= 0 && bitmap_test (img->bitmaps[i].bits, g);
+  qcow2_close (img);
+  return r;
+}
+
+static void
+test_unflagged_leaf (void)
+{
+  pthread_t m, w;
+  struct dbm_err err;
+
+  tr = open_tracker (TRACKER_QEMU);
+  target = 13 * (uint64_t) REGION + 4 * G;
+  /* The leaf exists, its changed flags taken by a persist. */
+  CHECK (tracker_mark (tr, target + G, 512) == 0);
+  CHECK (tracker_persist (tr, &err) == 0);
+  /* The marker flips TARGET's bit and stops before flagging the leaf. */
+  plan (MARKER, DBM_HOOK_BIT_SET);
+  pthread_create (&m, NULL, marker, NULL);
+  sem_wait (&at_hook[MARKER]);
+  /* Another write of that granule: nothing to do, it would go on. */
+  use_inline = true;
+  pthread_create (&w, NULL, writer, NULL);
+  pthread_join (w, NULL);
+  CHECK (atomic_load (&writer_noop));
+  /* The cut: "b" is saved in place and disabled. */
+  CHECK (tracker_checkpoint (tr, "cut", 16, &err) == 0);
+  if (!file_has_in ("b", target / G)) {
+    fprintf (stderr, "qemu mode: a checkpoint saved the disabled bitmap "
+             "without a bit whose leaf was not yet flagged changed\n");
+    CHECK (!"bit lost by an in-place checkpoint");
+  }
+  sem_post (&go[MARKER]);
+  pthread_join (m, NULL);
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
+/* The next extension of a file fails (a full disk, for qcow2_update). */
+static _Atomic bool fail_extend;
+
+int
+ftruncate (int fd, off_t len)
+{
+  struct stat st;
+
+  if (atomic_load (&fail_extend) && fstat (fd, &st) == 0 && len > st.st_size) {
+    errno = ENOSPC;
+    return -1;
+  }
+  return syscall (SYS_ftruncate, fd, len);
+}
+
+static void *
+checkpointer (void *arg)
+{
+  struct dbm_err err;
+
+  role = PERSISTER;
+  CHECK (tracker_checkpoint (tr, "cut", 16, &err) == -1);
+  return NULL;
+}
+
+static void
+test_failed_settle (void)
+{
+  pthread_t w, c;
+  struct dbm_err err;
+
+  tr = open_tracker (TRACKER_CRASH_SAFE);
+  target = 15 * (uint64_t) REGION + 6 * G;
+  /* The region is armed (a neighbour written); TARGET's bit is not set. */
+  CHECK (tracker_mark (tr, target + G, 512) == 0);
+  /* A write of TARGET loads the set and stops. */
+  use_inline = false;
+  plan (WRITER, DBM_HOOK_MARK_LOADED);
+  pthread_create (&w, NULL, writer, NULL);
+  sem_wait (&at_hook[WRITER]);
+  /* A checkpoint stops once the old bitmap is written exact in place;
+   * its update will fail (no room to extend the file).
+   */
+  atomic_store (&fail_extend, true);
+  plan (PERSISTER, DBM_HOOK_SETTLED);
+  pthread_create (&c, NULL, checkpointer, NULL);
+  sem_wait (&at_hook[PERSISTER]);
+  /* Now the write marks the old set, after the export, and stops before
+   * re-reading the set.  Had it found its region still armed it would
+   * need no file I/O; disarmed, it waits for the checkpoint's arm_lock.
+   */
+  plan (WRITER, DBM_HOOK_MARK_MARKED);
+  sem_post (&go[WRITER]);
+  usleep (200000);
+  /* The checkpoint fails: the old set, the very same, is in force again,
+   * so the re-read finds nothing changed and the write would go on.
+   */
+  sem_post (&go[PERSISTER]);
+  pthread_join (c, NULL);
+  atomic_store (&fail_extend, false);
+  sem_wait (&at_hook[WRITER]);
+  sem_post (&go[WRITER]);
+  pthread_join (w, NULL);
+  if (!file_has_in ("b", target / G)) {
+    fprintf (stderr, "crash-safe: after a failed in-place checkpoint a "
+             "write went on without its bit on disk\n");
+    CHECK (!"write forwarded over a settled region");
+  }
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
 int
 main (void)
 {
@@ -299,6 +431,8 @@ main (void)
   test_stale_set (TRACKER_QEMU, false);
   test_persist_shrinks ();
   test_arm_across_rewrite ();
+  test_unflagged_leaf ();
+  test_failed_settle ();
   unlink (path);
   rmdir (dir);
   TEST_DONE ();
