@@ -137,6 +137,7 @@ tracker_free (struct tracker *tr)
 
   if (tr == NULL)
     return;
+  atomic_store (tr->fast_slot, NULL);
   /* No marker runs any more: what waits for a grace period can go. */
   epoch_drain (tr);
   if (tr->nowned)

@@ -57,7 +57,7 @@ static inline void
 tracker_publish (struct tracker *tr, struct track_set *s)
 {
   atomic_store (&tr->set, s);
-  atomic_store (&tr->fast, s->nt == 1 && !tr->cfg.no_fast_path &&
+  atomic_store (tr->fast_slot, s->nt == 1 && !tr->cfg.no_fast_path &&
                 !atomic_load (&tr->in_use_cleared) ? s : NULL);
 }
 

@@ -404,6 +404,8 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   tr->cfg = *cfg;
   atomic_init (&tr->set, &tracker_empty_set);
   atomic_init (&tr->fast, NULL);
+  tr->fast_slot = cfg->fast_slot ? cfg->fast_slot : &tr->fast;
+  atomic_store (tr->fast_slot, NULL);
   if (tr->cfg.log == NULL)
     tr->cfg.log = nolog;
   pthread_mutex_init (&tr->persist_lock, NULL);

@@ -59,6 +59,11 @@ struct tracker_config {
    * filter's debug logging of each marked range).
    */
   bool no_fast_path;
+  /* Where the write path's view of the set (struct tracker: fast) is
+   * published; NULL for inside the tracker.  A caller's static variable
+   * lets the inline check load it at a fixed address.
+   */
+  _Atomic (const struct track_set *) *fast_slot;
   /* Where notable events go (the filter passes nbdkit's logger). */
   void (*log) (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 };
@@ -129,6 +134,7 @@ struct tracker {
    * before any cut that followed.
    */
   _Atomic (const struct track_set *) fast;
+  _Atomic (const struct track_set *) *fast_slot;   /* &fast, or cfg's */
   /* Lock order: quiesce_lock, persist_lock, arm_lock, sync_lock. */
   pthread_mutex_t persist_lock; /* one persist at a time */
   pthread_mutex_t arm_lock;     /* region state changes on disk */
@@ -234,7 +240,8 @@ tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
  * set on disk, so that state always takes tracker_mark.
  */
 static inline __attribute__ ((always_inline)) bool
-tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
+tracker_slot_is_noop (_Atomic (const struct track_set *) *fast,
+                      uint64_t offset, uint64_t count)
 {
   struct epoch_slot *e = epoch_try_enter ();
   const struct track_set *s;
@@ -242,16 +249,22 @@ tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
 
   if (e == NULL)
     return false;
-  s = atomic_load (&tr->fast);
+  s = atomic_load (fast);
   DBM_TEST_HOOK (DBM_HOOK_NOOP_LOADED);
   /* The set is loaded again after the bits: if a cut replaced it since,
    * the bits seen may have been set by a marker after the old bitmap was
    * saved, so the general path must mark the new set (as mark_slow).
    */
   r = s != NULL && tracked_is_noop (&s->t[0], offset, count) &&
-    atomic_load (&tr->fast) == s;
+    atomic_load (fast) == s;
   epoch_leave (e);
   return r;
+}
+
+static inline __attribute__ ((always_inline)) bool
+tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  return tracker_slot_is_noop (tr->fast_slot, offset, count);
 }
 
 /* Make the file reflect every bit set before the call began, durably.

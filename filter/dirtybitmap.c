@@ -30,6 +30,8 @@
 
 /* -D dirtybitmap.verbose=1 */
 NBDKIT_DLL_PUBLIC int dirtybitmap_debug_verbose = 0;
+/* The tracker's write-path view, at a fixed address (tracker.h). */
+static _Atomic (const struct track_set *) fast;
 
 static char *bitmap_file;
 static const char *bitmap_name = "dirtybitmap";
@@ -227,7 +229,8 @@ dirtybitmap_get_ready (int thread_model)
     .granularity_bits = granularity_bits,
     .granularity_default = granularity_default, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
-    .no_fast_path = dirtybitmap_debug_verbose, .log = log_note,
+    .no_fast_path = dirtybitmap_debug_verbose, .fast_slot = &fast,
+    .log = log_note,
   };
   struct dbm_err err;
 
@@ -627,7 +630,7 @@ static inline __attribute__ ((always_inline)) bool
 steady (uint64_t offset, uint32_t count, uint32_t flags)
 {
   return !(flags & NBDKIT_FLAG_FUA) &&
-    tracker_mark_is_noop (tracker, offset, count);
+    tracker_slot_is_noop (&fast, offset, count);
 }
 
 static int __attribute__ ((noinline))
