@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "cleanup.h"
 #include "epoch.h"
@@ -140,6 +141,20 @@ epoch_drain (void *owner)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&lock);
 
   sweep (owner, 0);
+}
+
+void
+epoch_barrier (void)
+{
+  uint64_t e = atomic_fetch_add (&epoch_global, 1);
+  struct timespec ts = { .tv_sec = 0, .tv_nsec = 200000 };
+
+  /* A slot holding E or less entered before the increment. */
+  while (oldest_inside () <= e) {
+    nanosleep (&ts, NULL);
+    if (ts.tv_nsec < 10000000)
+      ts.tv_nsec *= 2;
+  }
 }
 
 uint64_t

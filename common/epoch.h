@@ -96,6 +96,12 @@ extern void epoch_reclaim (void);
  */
 extern void epoch_drain (void *owner);
 
+/* Wait until every thread inside now has left: a thread that enters
+ * later loads every pointer published before the call.  The caller must
+ * hold nothing a thread inside may wait for.
+ */
+extern void epoch_barrier (void);
+
 /* Objects retired and not yet freed (tests). */
 extern uint64_t epoch_pending (void);
 

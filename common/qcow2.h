@@ -27,6 +27,8 @@
 #define QCOW2_EXT_DIRTYBITMAP       0x64626d31U      /* "dbm1" */
 #define DBM_EXT_LENGTH              16
 #define DBM_STATE_RUNNING           UINT32_C (1)
+/* Point-in-time snapshots were live (they do not survive a restart). */
+#define DBM_STATE_SNAPSHOTS         UINT32_C (2)
 #define QCOW2_AUTOCLEAR_BITMAPS     UINT64_C (1)
 #define QCOW2_INCOMPAT_DIRTY        UINT64_C (1)
 #define QCOW2_INCOMPAT_CORRUPT      UINT64_C (2)

@@ -9,26 +9,8 @@
 #include <stdlib.h>
 
 #include "cleanup.h"
+#include "json-string.h"
 #include "tracker-internal.h"
-
-/* JSON string: quote, backslash and control bytes escaped; other bytes
- * as they are (a name is bytes, usually UTF-8).
- */
-static void
-put_json_string (FILE *f, const char *s)
-{
-  fputc ('"', f);
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf (f, "\\%c", c);
-    else if (c < 0x20)
-      fprintf (f, "\\u%04x", c);
-    else
-      fputc (c, f);
-  }
-  fputc ('"', f);
-}
 
 char *
 tracker_status_json (struct tracker *tr, struct dbm_err *err)
@@ -45,7 +27,7 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
     return NULL;
   }
   fputs ("{\"file\":", f);
-  put_json_string (f, tr->cfg.path);
+  json_put_string (f, tr->cfg.path);
   fprintf (f, ",\"layout\":\"%s\",\"mode\":\"%s\",\"export_size\":%" PRIu64
            ",\"generation\":%" PRIu64 ",\"last_persist\":%" PRId64
            ",\"bitmaps\":[",
@@ -65,7 +47,7 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
         dirty = b->size;
     }
     fputs (i ? ",{\"name\":" : "{\"name\":", f);
-    put_json_string (f, b->name);
+    json_put_string (f, b->name);
     fprintf (f, ",\"granularity\":%" PRIu64 ",\"enabled\":%s,\"in_use\":%s,"
              "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 "}",
              UINT64_C (1) << b->granularity_bits,

@@ -58,7 +58,8 @@ tracker_publish (struct tracker *tr, struct track_set *s)
 {
   atomic_store (&tr->set, s);
   atomic_store (tr->fast_slot, s->nt == 1 && !tr->cfg.no_fast_path &&
-                !atomic_load (&tr->in_use_cleared) ? s : NULL);
+                !atomic_load (&tr->in_use_cleared) &&
+                atomic_load (&tr->slow_holds) == 0 ? s : NULL);
 }
 
 /* qemu mode: in_use is (true) or is no longer (false) clear on disk;

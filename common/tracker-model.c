@@ -155,9 +155,41 @@ undo (struct tracker *tr, struct qcow2_image *img2)
   tracker_drop_model (img2);
 }
 
+/* Mark every dirty range of the bitmaps of S in FROZEN. */
+static int
+mark_frozen (const struct track_set *s, struct bitmap *frozen)
+{
+  size_t i;
+
+  for (i = 0; i < s->nt; ++i) {
+    const struct bitmap *bm = s->t[i].st->bits;
+    unsigned g = bm->granularity_bits;
+    uint64_t a = bitmap_find (bm, 0, true), b;
+
+    while (a < bm->nbits) {
+      b = bitmap_find (bm, a, false);
+      if (bitmap_mark (frozen, a << g, (b - a) << g) == -1)
+        return -1;
+      a = b < bm->nbits ? bitmap_find (bm, b, true) : b;
+    }
+  }
+  return 0;
+}
+
 int
 tracker_checkpoint (struct tracker *tr, const char *name,
                     unsigned granularity_bits, struct dbm_err *err)
+{
+  bool taken;
+
+  return tracker_checkpoint_frozen (tr, name, granularity_bits, NULL, &taken,
+                                    err);
+}
+
+int
+tracker_checkpoint_frozen (struct tracker *tr, const char *name,
+                           unsigned granularity_bits, struct bitmap *frozen,
+                           bool *taken, struct dbm_err *err)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
@@ -171,6 +203,7 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   size_t i;
   int idx, r;
 
+  *taken = false;
   if (tr->img == NULL)
     return dbm_seterr (err, EAGAIN, "%s: no client has connected yet, so "
                        "the file does not exist (it is created at the first "
@@ -258,12 +291,22 @@ tracker_checkpoint (struct tracker *tr, const char *name,
   tr->cfg.log ("%s: checkpoint: bitmap '%s' now records writes; %zu "
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
+  *taken = true;
+  /* After the save: FROZEN then holds every bit on disk. */
+  if (frozen && mark_frozen (before, frozen) == -1) {
+    r = dbm_seterr (err, ENOMEM, "%s: checkpoint '%s' taken, but out of "
+                    "memory for the map of its frozen bitmaps", tr->cfg.path,
+                    name);
+    frozen = NULL;
+  }
   /* Last use of BEFORE: reclaim may free it. */
   for (i = 0; i < before->nt; ++i)
     tracker_retire_state (tr, before->t[i].st);
   tracker_retire_set (tr, both);
   tracker_retire_set (tr, before);
   epoch_reclaim ();
+  if (r == -1)
+    return -1;
   return not_durable (tr, r, "checkpoint", name, err);
 }
 
@@ -592,6 +635,8 @@ tracker_set_size (struct tracker *tr, uint64_t size, struct dbm_err *err)
 
   if (size == 0)
     return 0;
+  if (size > tr->export_size)
+    tr->export_size = size;
   if (tr->img && tracker_activate (tr, err) == -1)
     return -1;
   have = tracker_size (tr);
@@ -687,8 +732,8 @@ tracker_close (struct tracker *tr, struct dbm_err *err)
   if (r == 0 && tr->img && tr->cfg.mode == TRACKER_QEMU)
     r = tracker_write_in_use (tr, false, err);
   if (r == 0 && tr->img) {
-    r = qcow2_write_state (tr->img, tr->img->dbm_state & ~DBM_STATE_RUNNING,
-                           err);
+    r = qcow2_write_state (tr->img, tr->img->dbm_state &
+                           ~(DBM_STATE_RUNNING | DBM_STATE_SNAPSHOTS), err);
     if (r == 0)
       r = qcow2_sync (tr->img, err);
   }

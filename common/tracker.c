@@ -476,6 +476,12 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   for (i = 0; i < tr->img->nb_bitmaps; ++i)
     old_flags[i] = tr->img->bitmaps[i].flags;
   report_unclean (tr->img, only_tracked_name (tr), tr->cfg.log);
+  if ((tr->img->dbm_state & (DBM_STATE_RUNNING | DBM_STATE_SNAPSHOTS)) ==
+      (DBM_STATE_RUNNING | DBM_STATE_SNAPSHOTS))
+    tr->cfg.log ("%s: point-in-time snapshots were live when the previous "
+                 "run stopped uncleanly: they are lost (snapshots do not "
+                 "survive a restart; the bitmaps are not affected)",
+                 tr->cfg.path);
   if (settle_in_use (tr->img, only_tracked_name (tr),
                      tr->cfg.in_use_policy == IN_USE_REFUSE, tr->cfg.log,
                      NULL, err) == -1)
@@ -682,16 +688,60 @@ mark_is_noop (const struct tracker *tr, const struct track_set *s,
  * the old bitmap was saved: take the general path.
  */
 int
-tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
+tracker_mark_inside (struct tracker *tr, uint64_t offset, uint64_t count)
 {
-  struct epoch_slot *e = epoch_enter ();
   const struct track_set *s = atomic_load (&tr->set);
-  int r = 0;
 
   DBM_TEST_HOOK (DBM_HOOK_MARK_LOADED);
   if (count != 0 &&
       !(mark_is_noop (tr, s, offset, count) && atomic_load (&tr->set) == s))
-    r = mark_slow (tr, s, offset, count);
+    return mark_slow (tr, s, offset, count);
+  return 0;
+}
+
+void
+tracker_hold_slow_path (struct tracker *tr, bool hold)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->quiesce_lock);
+
+  if (hold)
+    atomic_fetch_add (&tr->slow_holds, 1);
+  else {
+    assert (atomic_load (&tr->slow_holds) > 0);
+    atomic_fetch_sub (&tr->slow_holds, 1);
+  }
+  tracker_publish (tr, atomic_load (&tr->set));
+}
+
+int
+tracker_note_snapshots (struct tracker *tr, bool live, struct dbm_err *err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
+  uint32_t st;
+
+  if (tr->img == NULL || tr->img->fd < 0 || tr->img->dbm_ext_offset == 0)
+    return 0;
+  st = live ? tr->img->dbm_state | DBM_STATE_SNAPSHOTS
+    : tr->img->dbm_state & ~DBM_STATE_SNAPSHOTS;
+  if (st == tr->img->dbm_state)
+    return 0;
+  if (qcow2_write_state (tr->img, st, err) == -1)
+    return -1;
+  return qcow2_sync (tr->img, err);
+}
+
+uint64_t
+tracker_export_size (const struct tracker *tr)
+{
+  return tr->export_size;
+}
+
+int
+tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count)
+{
+  struct epoch_slot *e = epoch_enter ();
+  int r = tracker_mark_inside (tr, offset, count);
+
   epoch_leave (e);
   return r;
 }

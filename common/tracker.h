@@ -135,6 +135,11 @@ struct tracker {
    */
   _Atomic (const struct track_set *) fast;
   _Atomic (const struct track_set *) *fast_slot;   /* &fast, or cfg's */
+  /* tracker_hold_slow_path holds (under quiesce_lock): while > 0 the
+   * fast view stays NULL.
+   */
+  _Atomic unsigned slow_holds;
+  uint64_t export_size;         /* under the caller's size serialisation */
   /* Lock order: quiesce_lock, persist_lock, arm_lock, sync_lock. */
   pthread_mutex_t persist_lock; /* one persist at a time */
   pthread_mutex_t arm_lock;     /* region state changes on disk */
@@ -203,6 +208,18 @@ extern uint64_t tracker_size (const struct tracker *tr);
  */
 extern int tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count);
 
+/* tracker_mark for a caller already inside the epoch (epoch_enter), which
+ * stays inside until its write is forwarded (see tracker_slot_enter_noop).
+ */
+extern int tracker_mark_inside (struct tracker *tr, uint64_t offset,
+                                uint64_t count);
+
+/* Keep the write path's fast view empty (HOLD true) while something
+ * must see every write (live snapshots), or let it be used again.
+ * Counted: each hold needs its release.
+ */
+extern void tracker_hold_slow_path (struct tracker *tr, bool hold);
+
 /* True if a write of [offset, offset+count) needs nothing in bitmap T:
  * every bit already set, in one word, and in crash-safe mode its region
  * armed (so the bits are on disk).  Loads only, in the order mark_set
@@ -259,6 +276,30 @@ tracker_slot_is_noop (_Atomic (const struct track_set *) *fast,
     atomic_load (fast) == s;
   epoch_leave (e);
   return r;
+}
+
+/* The same, staying inside the epoch when it is a no-op: the caller
+ * forwards the write and then calls epoch_leave on what this returns
+ * (NULL: take tracker_mark's path, nothing to leave).  So a write the
+ * fast path lets through is inside until it has reached the plugin, and
+ * epoch_barrier waits for it (the snapshots' freeze).
+ */
+static inline __attribute__ ((always_inline)) struct epoch_slot *
+tracker_slot_enter_noop (_Atomic (const struct track_set *) *fast,
+                         uint64_t offset, uint64_t count)
+{
+  struct epoch_slot *e = epoch_try_enter ();
+  const struct track_set *s;
+
+  if (e == NULL)
+    return NULL;
+  s = atomic_load (fast);
+  DBM_TEST_HOOK (DBM_HOOK_NOOP_LOADED);
+  if (s != NULL && tracked_is_noop (&s->t[0], offset, count) &&
+      atomic_load (fast) == s)
+    return e;
+  epoch_leave (e);
+  return NULL;
 }
 
 static inline __attribute__ ((always_inline)) bool
@@ -323,6 +364,26 @@ extern int tracker_recover_offline (const char *path,
 extern int tracker_checkpoint (struct tracker *tr, const char *name,
                                unsigned granularity_bits,
                                struct dbm_err *err);
+
+/* The same; and if FROZEN is not NULL, every range the disabled bitmaps
+ * mark dirty is marked in it (at its own granularity) after they were
+ * saved, so it covers what a reader of the saved bitmaps will ask for.
+ * If that marking fails (ENOMEM) the checkpoint still stands: -1 with
+ * ERR saying so and *TAKEN true.
+ */
+extern int tracker_checkpoint_frozen (struct tracker *tr, const char *name,
+                                      unsigned granularity_bits,
+                                      struct bitmap *frozen, bool *taken,
+                                      struct dbm_err *err);
+
+/* Record in the file that point-in-time snapshots are live (LIVE true),
+ * or no longer, so that the start after a crash can say they were lost.
+ */
+extern int tracker_note_snapshots (struct tracker *tr, bool live,
+                                   struct dbm_err *err);
+
+/* The export size the last writer saw (tracker_set_size), 0 before. */
+extern uint64_t tracker_export_size (const struct tracker *tr);
 
 /* Remove a disabled bitmap from the file (atomically). */
 extern int tracker_remove (struct tracker *tr, const char *name,

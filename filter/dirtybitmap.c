@@ -4,6 +4,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <syslog.h>
+#include <libgen.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -26,6 +28,7 @@
 #include "cleanup.h"
 #include "control.h"
 #include "parse-size.h"
+#include "snapshots.h"
 #include "tracker.h"
 
 /* -D dirtybitmap.verbose=1 */
@@ -44,11 +47,16 @@ static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
 static uint64_t region_size = UINT64_C (64) << 20;
 static unsigned persist_interval = 30;
 static char *control_path;
+static char *snapshot_dir;              /* bitmap-snapshot-dir */
+static uint64_t snapshot_max;           /* bitmap-snapshot-max, 0: none */
+static unsigned snapshot_granule_bits = 16;
 
 static struct tracker *tracker;
+static struct snapshots snaps;          /* initialised with tracker */
 
 struct conn {
   bool untracked;               /* served read-only: see prepare */
+  struct snapshot *snap;        /* a snapshot's export: see open */
 };
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -86,10 +94,13 @@ dirtybitmap_unload (void)
   /* Never write here: unload also runs for --help and --dump-plugin. */
   restore_quit_handlers ();
   control_stop (false);
+  if (tracker)
+    snapshots_fini (&snaps);
   tracker_free (tracker);
   tracker = NULL;
   free (bitmap_file);
   free (control_path);
+  free (snapshot_dir);
 }
 
 static int
@@ -181,6 +192,30 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     control_path = nbdkit_absolute_path (value);
     return control_path ? 0 : -1;
   }
+  if (strcmp (key, "bitmap-snapshot-dir") == 0) {
+    if (*value == '\0') {
+      nbdkit_error ("bitmap-snapshot-dir: must not be empty");
+      return -1;
+    }
+    free (snapshot_dir);
+    snapshot_dir = nbdkit_realpath (value);
+    return snapshot_dir ? 0 : -1;
+  }
+  if (strcmp (key, "bitmap-snapshot-max") == 0) {
+    r = nbdkit_parse_size (value);
+    if (r == -1)
+      return -1;
+    snapshot_max = r;
+    return 0;
+  }
+  if (strcmp (key, "bitmap-snapshot-granularity") == 0) {
+    if (dbm_parse_pow2 ("bitmap-snapshot-granularity", value, 12, 26,
+                        &snapshot_granule_bits, &err) == -1) {
+      nbdkit_error ("%s", err.msg);
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "bitmap-persist-interval") == 0) {
     r = nbdkit_parse_size (value);
     if (r < 1 || r > 86400) {
@@ -203,6 +238,14 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
                   "(bitmap-file=PATH.qcow2)");
     return -1;
   }
+  if (snapshot_dir == NULL) {
+    CLEANUP_FREE char *copy = strdup (bitmap_file);
+
+    if (copy == NULL || (snapshot_dir = strdup (dirname (copy))) == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+  }
   return next (nxdata);
 }
 
@@ -215,7 +258,10 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "bitmap-in-use=dirty|refuse   A bitmap found in use (default dirty).\n" \
   "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write (64M).\n" \
   "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30).\n" \
-  "bitmap-control=<SOCKET>   Unix socket for status/checkpoint/persist/remove."
+  "bitmap-control=<SOCKET>   Unix socket for status/checkpoint/persist/remove.\n" \
+  "bitmap-snapshot-dir=<DIR> Where snapshot stores go (the bitmap file's).\n" \
+  "bitmap-snapshot-max=<SIZE> Cap on each snapshot's store (none).\n" \
+  "bitmap-snapshot-granularity=<SIZE> Snapshot copy unit (default 64K)."
 
 /* Open and validate in get_ready, while errors still reach the terminal
  * and before any client can connect.
@@ -245,6 +291,7 @@ dirtybitmap_get_ready (int thread_model)
     nbdkit_error ("%s", err.msg);
     return -1;
   }
+  snapshots_init (&snaps, tracker);
   if (dirtybitmap_debug_verbose)
     nbdkit_debug ("dirtybitmap: %s opened, %zu bitmap(s) tracked, mode %s",
                   bitmap_file, tracker_ntracked (tracker),
@@ -377,6 +424,101 @@ persist_loop (void *arg)
   return NULL;
 }
 
+/* The status line: the tracker's, with the live snapshots added. */
+static char *
+status_line (struct dbm_err *err)
+{
+  CLEANUP_FREE char *t = tracker_status_json (tracker, err);
+  char *buf = NULL;
+  size_t len = 0, tlen;
+  FILE *f;
+
+  if (t == NULL)
+    return NULL;
+  tlen = strlen (t);
+  assert (tlen >= 2 && t[tlen - 1] == '}');
+  f = open_memstream (&buf, &len);
+  if (f == NULL) {
+    dbm_seterr (err, errno, "open_memstream: %m");
+    return NULL;
+  }
+  fwrite (t, 1, tlen - 1, f);
+  fputs (",\"snapshots\":", f);
+  snapshots_json (&snaps, f);
+  fputc ('}', f);
+  if (fclose (f) != 0) {
+    free (buf);
+    dbm_seterr (err, ENOMEM, "out of memory");
+    return NULL;
+  }
+  return buf;
+}
+
+enum snap_variant { SNAP_NONE, SNAP_FULL, SNAP_DIRTY };
+
+/* checkpoint NAME [GRANULARITY] [--snapshot[=full|dirty]]: the
+ * checkpoint, then (if asked) the snapshot frozen just after its cut.
+ * The store is made first, so that the checkpoint is not taken when the
+ * snapshot cannot be.
+ */
+static int
+checkpoint_command (const char *name, unsigned g, enum snap_variant v,
+                    struct dbm_err *err)
+{
+  struct snapshot *s = NULL;
+  struct bitmap *readable = NULL;
+  uint64_t size = tracker_export_size (tracker);
+  bool taken, first = snapshots_count (&snaps) == 0;
+  int r;
+
+  if (v == SNAP_NONE)
+    return tracker_checkpoint (tracker, name, g, err);
+  if (size == 0)
+    return dbm_seterr (err, EAGAIN, "%s: no client has connected yet, so "
+                       "there is nothing to snapshot", bitmap_file);
+  if (v == SNAP_DIRTY &&
+      (readable = bitmap_new (size, snapshot_granule_bits)) == NULL)
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  if (snapshot_new (name, size, snapshot_granule_bits, snapshot_dir,
+                    snapshot_max, readable, &s, err) == -1)
+    return -1;
+  if (first && tracker_note_snapshots (tracker, true, err) == -1) {
+    snapshot_unref (s, false);
+    return -1;
+  }
+  r = tracker_checkpoint_frozen (tracker, name, g, readable, &taken, err);
+  if (!taken || (r == -1 && err->errnum == ENOMEM)) {
+    struct dbm_err ignored;
+
+    snapshot_unref (s, false);
+    if (first)
+      tracker_note_snapshots (tracker, false, &ignored);
+    return -1;
+  }
+  if (snapshots_add (&snaps, s, err) == -1) {
+    snapshot_unref (s, false);
+    return -1;
+  }
+  log_note ("%s: snapshot '%s' (%s, %" PRIu64 " bytes) is served as export "
+            "'%s%s'", bitmap_file, name, v == SNAP_DIRTY ? "dirty" : "full",
+            size, SNAPSHOT_EXPORT_PREFIX, name);
+  return r;
+}
+
+static int
+release_command (const char *name, struct dbm_err *err)
+{
+  if (snapshots_release (&snaps, name, err) == -1)
+    return -1;
+  log_note ("%s: snapshot '%s' released", bitmap_file, name);
+  if (snapshots_count (&snaps) == 0)
+    return tracker_note_snapshots (tracker, false, err);
+  return 0;
+}
+
+#define USAGE "usage: status | checkpoint NAME [GRANULARITY] " \
+  "[--snapshot[=full|dirty]] | persist | remove NAME | release NAME"
+
 /* One control command (see the man page, CONTROL SOCKET).  size_lock
  * orders it with the first connection creating the file and with growth.
  */
@@ -385,41 +527,68 @@ control_command (const char *line)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
   CLEANUP_FREE char *copy = strdup (line);
-  char *save = NULL, *cmd, *arg1, *arg2, *extra, *out = NULL;
+  char *save = NULL, *cmd, *words[4] = { NULL }, *out = NULL;
+  const char *name = NULL, *gran = NULL;
   struct dbm_err err = { .errnum = 0 };
+  enum snap_variant v = SNAP_NONE;
   unsigned g = granularity_bits;
+  size_t n = 0, i;
+  bool bad = false;
   int r = -1;
 
   if (copy == NULL)
     return NULL;
   cmd = strtok_r (copy, " \t", &save);
-  arg1 = strtok_r (NULL, " \t", &save);
-  arg2 = strtok_r (NULL, " \t", &save);
-  extra = strtok_r (NULL, " \t", &save);
+  while (n < 4 && (words[n] = strtok_r (NULL, " \t", &save)) != NULL)
+    n++;
+  bad = n == 4;
+  if (cmd && strcmp (cmd, "checkpoint") == 0) {
+    for (i = 0; i < n; ++i) {
+      if (strcmp (words[i], "--snapshot") == 0 ||
+          strcmp (words[i], "--snapshot=full") == 0) {
+        bad |= v != SNAP_NONE;
+        v = SNAP_FULL;
+      }
+      else if (strcmp (words[i], "--snapshot=dirty") == 0) {
+        bad |= v != SNAP_NONE;
+        v = SNAP_DIRTY;
+      }
+      else if (strncmp (words[i], "--", 2) == 0)
+        bad = true;
+      else if (name == NULL)
+        name = words[i];
+      else if (gran == NULL)
+        gran = words[i];
+      else
+        bad = true;
+    }
+    bad |= name == NULL;
+  }
   if (cmd == NULL)
     dbm_seterr (&err, EINVAL, "empty command (status, checkpoint, persist, "
-                "remove)");
-  else if (strcmp (cmd, "status") == 0 && !arg1) {
-    out = tracker_status_json (tracker, &err);
+                "remove, release)");
+  else if (strcmp (cmd, "status") == 0 && n == 0) {
+    out = status_line (&err);
     if (out)
       return out;
   }
-  else if (strcmp (cmd, "persist") == 0 && !arg1)
+  else if (strcmp (cmd, "persist") == 0 && n == 0)
     r = tracker_save (tracker, &err);
-  else if (strcmp (cmd, "checkpoint") == 0 && arg1 && !extra) {
-    if (strlen (arg1) > BME_MAX_NAME_SIZE)
+  else if (strcmp (cmd, "checkpoint") == 0 && !bad) {
+    if (strlen (name) > BME_MAX_NAME_SIZE)
       dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..%d bytes",
                   BME_MAX_NAME_SIZE);
-    else if (arg2 == NULL ||
-             dbm_parse_pow2 ("granularity", arg2, BME_MIN_GRANULARITY, BME_MAX_GRANULARITY,
-                             &g, &err) == 0)
-      r = tracker_checkpoint (tracker, arg1, g, &err);
+    else if (gran == NULL ||
+             dbm_parse_pow2 ("granularity", gran, BME_MIN_GRANULARITY,
+                             BME_MAX_GRANULARITY, &g, &err) == 0)
+      r = checkpoint_command (name, g, v, &err);
   }
-  else if (strcmp (cmd, "remove") == 0 && arg1 && !arg2)
-    r = tracker_remove (tracker, arg1, &err);
+  else if (strcmp (cmd, "remove") == 0 && n == 1)
+    r = tracker_remove (tracker, words[0], &err);
+  else if (strcmp (cmd, "release") == 0 && n == 1)
+    r = release_command (words[0], &err);
   else
-    dbm_seterr (&err, EINVAL, "usage: status | checkpoint NAME "
-                "[GRANULARITY] | persist | remove NAME");
+    dbm_seterr (&err, EINVAL, USAGE);
   if (r == 0)
     return strdup ("ok");
   if (err.errnum || err.msg[0])
@@ -481,6 +650,10 @@ dirtybitmap_cleanup (nbdkit_backend *backend)
   }
   if (tracker == NULL)
     return;
+  if (snapshots_count (&snaps))
+    log_note ("%s: %zu snapshot(s) end with the server (snapshots do not "
+              "survive a restart)", bitmap_file, snapshots_count (&snaps));
+  snapshots_fini (&snaps);
   names = tracker_tracked_names (tracker);
   if (tracker_close (tracker, &err) == -1) {
     nbdkit_error ("%s", err.msg);
@@ -511,6 +684,11 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   struct dbm_err err;
   int64_t size;
 
+  /* Read-only and sized at its cut; the export beneath is asked its
+   * size all the same (nbdkit checks our reads of it against that).
+   */
+  if (c->snap)
+    return next->get_size (next) == -1 ? -1 : 0;
   /* Nothing can be written through this connection (nbdkit -r, or a
    * plugin that cannot write): it needs no bitmap, and must not create or
    * change the file.
@@ -535,27 +713,91 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   return 0;
 }
 
-/* Per connection: only whether it is served read-only because its
- * writes could not be tracked (see prepare).
+/* Per connection: whether it is served read-only because its writes
+ * could not be tracked (see prepare), or is a snapshot's export
+ * ("snapshot:NAME"): then the plugin's default export is read beneath.
  */
 static void *
 dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                   int readonly, const char *exportname, int is_tls)
 {
+  size_t plen = strlen (SNAPSHOT_EXPORT_PREFIX);
+  struct snapshot *snap = NULL;
   struct conn *c;
 
-  if (next (nxdata, readonly, exportname) == -1)
-    return NULL;
+  if (strncmp (exportname, SNAPSHOT_EXPORT_PREFIX, plen) == 0) {
+    snap = snapshots_open (&snaps, exportname + plen);
+    if (snap == NULL) {
+      nbdkit_error ("dirtybitmap: export '%s': no live snapshot '%s' "
+                    "(see status on the control socket)", exportname,
+                    exportname + plen);
+      return NULL;
+    }
+    readonly = 1;
+    exportname = "";
+  }
   c = calloc (1, sizeof *c);
-  if (c == NULL)
-    nbdkit_error ("dirtybitmap: calloc: %m");
+  if (c == NULL || next (nxdata, readonly, exportname) == -1) {
+    if (c == NULL)
+      nbdkit_error ("dirtybitmap: calloc: %m");
+    if (snap)
+      snapshot_unref (snap, true);
+    free (c);
+    return NULL;
+  }
+  c->snap = snap;
   return c;
 }
 
 static void
 dirtybitmap_close (void *handle)
 {
-  free (handle);
+  struct conn *c = handle;
+
+  if (c->snap)
+    snapshot_unref (c->snap, true);
+  free (c);
+}
+
+/* The snapshots are exports of this server too. */
+struct add_ctx {
+  struct nbdkit_exports *exports;
+  int r;
+};
+
+static void
+add_snapshot_export (void *opaque, struct snapshot *s)
+{
+  struct add_ctx *a = opaque;
+  CLEANUP_FREE char *name = NULL, *desc = NULL;
+
+  if (asprintf (&name, "%s%s", SNAPSHOT_EXPORT_PREFIX, s->name) == -1 ||
+      asprintf (&desc, "point-in-time snapshot at checkpoint %s", s->name)
+      == -1 ||
+      nbdkit_add_export (a->exports, name, desc) == -1)
+    a->r = -1;
+}
+
+static int
+dirtybitmap_list_exports (nbdkit_next_list_exports *next,
+                          nbdkit_backend *nxdata, int readonly, int is_tls,
+                          struct nbdkit_exports *exports)
+{
+  struct add_ctx a = { .exports = exports, .r = 0 };
+
+  if (next (nxdata, readonly, exports) == -1)
+    return -1;
+  if (tracker)
+    snapshots_each (&snaps, add_snapshot_export, &a);
+  return a.r;
+}
+
+static int64_t
+dirtybitmap_get_size (nbdkit_next *next, void *handle)
+{
+  struct conn *c = handle;
+
+  return c->snap ? (int64_t) c->snap->size : next->get_size (next);
 }
 
 static int
@@ -563,9 +805,162 @@ dirtybitmap_can_write (nbdkit_next *next, void *handle)
 {
   struct conn *c = handle;
 
-  if (c->untracked)
+  if (c->untracked || c->snap)
     return 0;
   return next->can_write (next);
+}
+
+/* A snapshot never changes: several connections see the same. */
+static int
+dirtybitmap_can_multi_conn (nbdkit_next *next, void *handle)
+{
+  struct conn *c = handle;
+
+  return c->snap ? 1 : next->can_multi_conn (next);
+}
+
+static int
+dirtybitmap_can_cache (nbdkit_next *next, void *handle)
+{
+  struct conn *c = handle;
+
+  return c->snap ? NBDKIT_CACHE_NONE : next->can_cache (next);
+}
+
+static int
+dirtybitmap_can_extents (nbdkit_next *next, void *handle)
+{
+  struct conn *c = handle;
+
+  return c->snap ? 1 : next->can_extents (next);
+}
+
+/* The export beneath, for copies and for a snapshot's unpreserved
+ * granules.
+ */
+static int
+read_next (void *ctx, void *buf, uint32_t count, uint64_t offset, int *err)
+{
+  nbdkit_next *next = ctx;
+
+  return next->pread (next, buf, count, offset, 0, err);
+}
+
+static int
+dirtybitmap_pread (nbdkit_next *next, void *handle, void *buf,
+                   uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct conn *c = handle;
+  char msg[512];
+
+  if (c->snap == NULL)
+    return next->pread (next, buf, count, offset, flags, err);
+  if (snapshot_read (c->snap, buf, count, offset, read_next, next, err, msg,
+                     sizeof msg) == -1) {
+    nbdkit_error ("dirtybitmap: %s", msg);
+    return -1;
+  }
+  return 0;
+}
+
+/* A snapshot's extents: what it preserved is data or zero; elsewhere the
+ * export's own extents, if no write reached that part meanwhile (else
+ * data, which is always true).
+ */
+struct run {
+  uint64_t offset, length;
+  int kind;
+};
+struct runs {
+  struct run *v;
+  size_t n, cap;
+  bool failed;
+};
+
+static void
+collect_run (void *opaque, uint64_t offset, uint64_t length, int kind)
+{
+  struct runs *rs = opaque;
+
+  if (rs->n == rs->cap) {
+    size_t cap = rs->cap ? rs->cap * 2 : 16;
+    struct run *v = realloc (rs->v, cap * sizeof *v);
+    if (v == NULL) {
+      rs->failed = true;
+      return;
+    }
+    rs->v = v;
+    rs->cap = cap;
+  }
+  rs->v[rs->n++] = (struct run) { offset, length, kind };
+}
+
+static int
+live_extents (nbdkit_next *next, struct snapshot *s, const struct run *run,
+              struct nbdkit_extents *out, int *err)
+{
+  struct nbdkit_extents *ex;
+  size_t i;
+  int r = 0;
+
+  if (next->can_extents (next) != 1)
+    return nbdkit_add_extent (out, run->offset, run->length, 0);
+  ex = nbdkit_extents_new (run->offset, run->offset + run->length);
+  if (ex == NULL) {
+    *err = errno;
+    return -1;
+  }
+  if (next->extents (next, run->length, run->offset, 0, ex, err) == -1) {
+    nbdkit_extents_free (ex);
+    return -1;
+  }
+  if (!snapshot_untouched (s, run->offset, run->length))
+    r = nbdkit_add_extent (out, run->offset, run->length, 0);
+  else
+    for (i = 0; r == 0 && i < nbdkit_extents_count (ex); ++i) {
+      struct nbdkit_extent e = nbdkit_get_extent (ex, i);
+      r = nbdkit_add_extent (out, e.offset, e.length, e.type);
+    }
+  nbdkit_extents_free (ex);
+  return r;
+}
+
+static int
+dirtybitmap_extents (nbdkit_next *next, void *handle, uint32_t count,
+                     uint64_t offset, uint32_t flags,
+                     struct nbdkit_extents *extents, int *err)
+{
+  struct conn *c = handle;
+  struct runs rs = { .n = 0 };
+  size_t i;
+  int r = 0;
+
+  if (c->snap == NULL)
+    return next->extents (next, count, offset, flags, extents, err);
+  snapshot_map (c->snap, offset, count, collect_run, &rs);
+  if (rs.failed) {
+    nbdkit_error ("dirtybitmap: extents: out of memory");
+    *err = ENOMEM;
+    free (rs.v);
+    return -1;
+  }
+  for (i = 0; r == 0 && i < rs.n; ++i) {
+    const struct run *run = &rs.v[i];
+
+    if (run->kind == 1)
+      r = nbdkit_add_extent (extents, run->offset, run->length,
+                             NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+    else if (run->kind == 2)
+      r = live_extents (next, c->snap, run, extents, err);
+    else
+      r = nbdkit_add_extent (extents, run->offset, run->length, 0);
+    if (flags & NBDKIT_FLAG_REQ_ONE)
+      break;
+  }
+  free (rs.v);
+  if (r == -1 && *err == 0)
+    *err = errno ? errno : EIO;
+  return r;
 }
 
 /* A FUA write is durable in data and bitmap.  In crash-safe mode the
@@ -607,86 +1002,130 @@ dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return 0;
 }
 
-static inline int
-mark (uint64_t offset, uint32_t count, int *err)
+/* Enter the epoch, record the write, and copy what the live snapshots
+ * must keep of the range; the caller forwards the write and then leaves
+ * the epoch (snapshots.h: a snapshot's freeze waits for writers inside).
+ * NULL with *ERR set: the request must fail.
+ */
+static struct epoch_slot *
+enter_and_mark (nbdkit_next *next, uint64_t offset, uint32_t count, int *err)
 {
-  if (dirtybitmap_debug_verbose)
-    nbdkit_debug ("dirtybitmap: mark %" PRIu64 "+%" PRIu32, offset, count);
-  if (tracker_mark (tracker, offset, count) == -1) {
-    *err = errno ? errno : EIO;
-    nbdkit_error ("dirtybitmap: cannot record write at %" PRIu64 "+%" PRIu32
-                  ": %m", offset, count);
-    return -1;
+  for (;;) {
+    struct epoch_slot *e = epoch_enter ();
+
+    if (dirtybitmap_debug_verbose)
+      nbdkit_debug ("dirtybitmap: mark %" PRIu64 "+%" PRIu32, offset, count);
+    if (tracker_mark_inside (tracker, offset, count) == -1) {
+      *err = errno ? errno : EIO;
+      epoch_leave (e);
+      nbdkit_error ("dirtybitmap: cannot record write at %" PRIu64 "+%"
+                    PRIu32 ": %s", offset, count, strerror (*err));
+      return NULL;
+    }
+    if (snapshots_before_write (&snaps, offset, count, read_next, next))
+      return e;
+    /* A snapshot is freezing: start over once it is frozen. */
+    epoch_leave (e);
+    snapshots_wait_thaw (&snaps);
   }
-  return 0;
+}
+
+/* After the write: leave, and make a FUA write's bits durable too. */
+static int
+finish (struct epoch_slot *e, int r, uint32_t flags, int *err)
+{
+  epoch_leave (e);
+  if (r == 0 && (flags & NBDKIT_FLAG_FUA))
+    r = save (err);
+  return r;
 }
 
 /* The steady state: the range is already recorded (and, crash-safe, its
- * region durable), no FUA (and no debug logging, which keeps the
- * tracker's fast pointer NULL): hand the request over as a tail call, so
- * the filter costs a few loads.
+ * region durable), no FUA, no live snapshot (and no debug logging, which
+ * keeps the tracker's fast pointer NULL): the filter costs a few loads,
+ * and stays inside the epoch until the plugin returns.
  */
-static inline __attribute__ ((always_inline)) bool
+static inline __attribute__ ((always_inline)) struct epoch_slot *
 steady (uint64_t offset, uint32_t count, uint32_t flags)
 {
-  return !(flags & NBDKIT_FLAG_FUA) &&
-    tracker_slot_is_noop (&fast, offset, count);
+  if (flags & NBDKIT_FLAG_FUA)
+    return NULL;
+  return tracker_slot_enter_noop (&fast, offset, count);
 }
 
 static int __attribute__ ((noinline))
 record_pwrite (nbdkit_next *next, void *handle, const void *buf,
-              uint32_t count, uint64_t offset, uint32_t flags, int *err)
+               uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, err) == -1 ||
-      next->pwrite (next, buf, count, offset, flags, err) == -1)
+  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
+
+  if (e == NULL)
     return -1;
-  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+  return finish (e, next->pwrite (next, buf, count, offset, flags, err),
+                 flags, err);
 }
 
 static int
 dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
                     uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  if (steady (offset, count, flags))
-    return next->pwrite (next, buf, count, offset, flags, err);
+  struct epoch_slot *e = steady (offset, count, flags);
+
+  if (e) {
+    int r = next->pwrite (next, buf, count, offset, flags, err);
+    epoch_leave (e);
+    return r;
+  }
   return record_pwrite (next, handle, buf, count, offset, flags, err);
 }
 
 static int __attribute__ ((noinline))
 record_zero (nbdkit_next *next, void *handle, uint32_t count,
-              uint64_t offset, uint32_t flags, int *err)
+             uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, err) == -1 ||
-      next->zero (next, count, offset, flags, err) == -1)
+  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
+
+  if (e == NULL)
     return -1;
-  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+  return finish (e, next->zero (next, count, offset, flags, err), flags, err);
 }
 
 static int
 dirtybitmap_zero (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags, int *err)
 {
-  if (steady (offset, count, flags))
-    return next->zero (next, count, offset, flags, err);
+  struct epoch_slot *e = steady (offset, count, flags);
+
+  if (e) {
+    int r = next->zero (next, count, offset, flags, err);
+    epoch_leave (e);
+    return r;
+  }
   return record_zero (next, handle, count, offset, flags, err);
 }
 
 static int __attribute__ ((noinline))
 record_trim (nbdkit_next *next, void *handle, uint32_t count,
-              uint64_t offset, uint32_t flags, int *err)
+             uint64_t offset, uint32_t flags, int *err)
 {
-  if (mark (offset, count, err) == -1 ||
-      next->trim (next, count, offset, flags, err) == -1)
+  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
+
+  if (e == NULL)
     return -1;
-  return (flags & NBDKIT_FLAG_FUA) ? save (err) : 0;
+  return finish (e, next->trim (next, count, offset, flags, err), flags, err);
 }
 
 static int
 dirtybitmap_trim (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags, int *err)
 {
-  if (steady (offset, count, flags))
-    return next->trim (next, count, offset, flags, err);
+  struct epoch_slot *e = steady (offset, count, flags);
+
+  if (e) {
+    int r = next->trim (next, count, offset, flags, err);
+    epoch_leave (e);
+    return r;
+  }
   return record_trim (next, handle, count, offset, flags, err);
 }
 
@@ -703,7 +1142,14 @@ static struct nbdkit_filter filter = {
   .open              = dirtybitmap_open,
   .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
+  .list_exports      = dirtybitmap_list_exports,
+  .get_size          = dirtybitmap_get_size,
   .can_write         = dirtybitmap_can_write,
+  .can_multi_conn    = dirtybitmap_can_multi_conn,
+  .can_cache         = dirtybitmap_can_cache,
+  .can_extents       = dirtybitmap_can_extents,
+  .pread             = dirtybitmap_pread,
+  .extents           = dirtybitmap_extents,
   .flush             = dirtybitmap_flush,
   .pwrite            = dirtybitmap_pwrite,
   .zero              = dirtybitmap_zero,
