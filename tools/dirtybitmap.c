@@ -49,9 +49,12 @@ usage_all (FILE *fp)
 "\n"
 "Talking to a running filter (nbdkit ... bitmap-control=SOCKET):\n"
 "  status SOCKET                    one JSON line: file, bitmaps, dirty bytes\n"
-"  checkpoint SOCKET NAME [--granularity SIZE]\n"
+"  checkpoint SOCKET NAME [--granularity SIZE] [--snapshot[=full|dirty]]\n"
 "                                   new bitmap NAME from now on; the\n"
-"                                   enabled ones disabled and saved\n"
+"                                   enabled ones disabled and saved;\n"
+"                                   --snapshot: a point-in-time export\n"
+"                                   snapshot:NAME of the cut\n"
+"  release SOCKET NAME              end snapshot NAME, free its store\n"
 "  persist SOCKET                   make the bitmaps durable now\n"
 "  remove SOCKET NAME               remove a disabled bitmap\n"
 "\n"
@@ -110,7 +113,8 @@ dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
 
 /* Options are parsed by one small getopt_long loop per command. */
 enum { OPT_JSON = 256, OPT_REPAIR, OPT_SIZE, OPT_NAME, OPT_GRAN, OPT_CLUSTER,
-       OPT_DISABLED, OPT_HELP, OPT_FORCE, OPT_FORMAT, OPT_TO, OPT_BITMAP };
+       OPT_DISABLED, OPT_HELP, OPT_FORCE, OPT_FORMAT, OPT_TO, OPT_BITMAP,
+       OPT_SNAPSHOT };
 
 static const struct option long_opts[] = {
   { "json", no_argument, NULL, OPT_JSON },
@@ -125,12 +129,14 @@ static const struct option long_opts[] = {
   { "format", required_argument, NULL, OPT_FORMAT },
   { "to", required_argument, NULL, OPT_TO },
   { "bitmap", required_argument, NULL, OPT_BITMAP },
+  { "snapshot", optional_argument, NULL, OPT_SNAPSHOT },
   { NULL, 0, NULL, 0 },
 };
 
 struct opts {
   bool json, repair, disabled, help, force;
   const char *size, *name, *gran, *cluster, *format, *to, *bitmap;
+  const char *snapshot;         /* "full" or "dirty", NULL: none */
   const char *allowed;          /* which options this command takes */
 };
 
@@ -175,6 +181,7 @@ parse_opts (const char *cmd, int argc, char **argv, struct opts *o)
     case OPT_NAME: o->name = optarg; break;
     case OPT_GRAN: o->gran = optarg; break;
     case OPT_CLUSTER: o->cluster = optarg; break;
+    case OPT_SNAPSHOT: o->snapshot = optarg ? optarg : "full"; break;
     }
   }
   return 0;
@@ -875,27 +882,43 @@ cmd_status (int argc, char **argv)
          "one JSON line:\nfile, layout, mode, export_size, generation "
          "(checkpoints and growths so\nfar), last_persist (Unix time), and "
          "each bitmap's name, granularity,\nenabled, in_use, tracked and "
-         "dirty_bytes.\n");
+         "dirty_bytes; and each live snapshot (snapshots: name, export, variant, size,\n"
+         "granularity, preserved_bytes, store_bytes, map_bytes, readers, "
+         "state, reason).\n");
   return ask (argv[optind], "status");
 }
 
 static int
 cmd_checkpoint (int argc, char **argv)
 {
-  PARSE ("checkpoint", "granularity", 2, "SOCKET NAME [--granularity SIZE]",
+  PARSE ("checkpoint", "granularity snapshot", 2,
+         "SOCKET NAME [--granularity SIZE] [--snapshot[=full|dirty]]",
          "Atomic cut, without pausing writes: from now on writes are "
          "recorded in a new\nenabled bitmap NAME (granularity SIZE, default "
          "the filter's bitmap-granularity);\nevery bitmap enabled before is "
          "disabled and saved, consistent and durable,\nbefore this "
-         "returns.  Back up from a disabled bitmap with 'map FILE OLD'.\n");
+         "returns.  Back up from a disabled bitmap with 'map FILE OLD'.\n"
+         "\n--snapshot (or --snapshot=full) also freezes the export's "
+         "contents at the cut:\nthe same nbdkit serves them read-only as "
+         "export 'snapshot:NAME' until\n'release SOCKET NAME'.  "
+         "--snapshot=dirty keeps only what the disabled bitmaps\nmark "
+         "dirty (reads elsewhere fail with EPERM): all an incremental "
+         "backup reads.\n");
   CLEANUP_FREE char *line = NULL;
   const char *name = argv[optind + 1];
 
   if (check_word ("checkpoint", name) == -1 ||
       (o.gran && check_word ("checkpoint", o.gran) == -1))
     return EXIT_USAGE;
-  if (asprintf (&line, "checkpoint %s%s%s", name, o.gran ? " " : "",
-                o.gran ? o.gran : "") == -1) {
+  if (o.snapshot && strcmp (o.snapshot, "full") != 0 &&
+      strcmp (o.snapshot, "dirty") != 0) {
+    fprintf (stderr, "%s checkpoint: --snapshot=%s: expected full or dirty\n",
+             prog, o.snapshot);
+    return EXIT_USAGE;
+  }
+  if (asprintf (&line, "checkpoint %s%s%s%s%s", name, o.gran ? " " : "",
+                o.gran ? o.gran : "", o.snapshot ? " --snapshot=" : "",
+                o.snapshot ? o.snapshot : "") == -1) {
     fprintf (stderr, "%s: out of memory\n", prog);
     return 1;
   }
@@ -929,13 +952,31 @@ cmd_remove (int argc, char **argv)
   return ask (argv[1], line);
 }
 
+static int
+cmd_release (int argc, char **argv)
+{
+  PARSE ("release", "", 2, "SOCKET NAME",
+         "End the snapshot taken with 'checkpoint SOCKET NAME --snapshot': "
+         "export\nsnapshot:NAME goes, readers still connected get EIO, its "
+         "store is freed.\n");
+  CLEANUP_FREE char *line = NULL;
+
+  if (check_word ("release", argv[optind + 1]) == -1)
+    return EXIT_USAGE;
+  if (asprintf (&line, "release %s", argv[optind + 1]) == -1) {
+    fprintf (stderr, "%s: out of memory\n", prog);
+    return 1;
+  }
+  return ask (argv[optind], line);
+}
+
 static const struct cmd cmds[] = {
   { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
   { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
   { "clear", cmd_clear }, { "enable", cmd_enable }, { "disable", cmd_disable },
   { "convert", cmd_convert }, { "recover", cmd_recover },
   { "status", cmd_status }, { "checkpoint", cmd_checkpoint },
-  { "persist", cmd_persist },
+  { "persist", cmd_persist }, { "release", cmd_release },
 };
 
 int
