@@ -143,14 +143,16 @@ wanted (const struct snapshot *s, uint64_t g)
   return s->readable == NULL || bitmap_test (s->readable, g);
 }
 
-static void
+/* True if this call broke it. */
+static bool
 break_locked (struct snapshot *s, const char *why)
 {
   if (s->state != SNAPSHOT_ACTIVE)
-    return;
+    return false;
   s->state = SNAPSHOT_BROKEN;
   snprintf (s->why, sizeof s->why, "%s", why);
   pthread_cond_broadcast (&s->cond);
+  return true;
 }
 
 void
@@ -178,10 +180,11 @@ leave_op (struct snapshot *s)
 /* Preserve granule G, which this writer set COPYING (lock held; dropped
  * for the I/O).  On failure the snapshot is broken and G is NONE again.
  */
-static void
+static bool
 copy_granule (struct snapshot *s, uint64_t g, unsigned char *buf,
               snapshot_read_fn read, void *ctx)
 {
+  bool broke = false;
   uint64_t off = g << s->granule_bits, gs = granule_size (s);
   uint32_t len = s->size - off < gs ? s->size - off : gs;
   uint64_t slot = 0;
@@ -213,7 +216,7 @@ copy_granule (struct snapshot *s, uint64_t g, unsigned char *buf,
     }
   }
   if (why[0] || s->state == SNAPSHOT_RELEASED) {
-    break_locked (s, why);
+    broke = why[0] && break_locked (s, why);
     v = SLOT_NONE;
   }
   if (slot_set (s, g, v) == -1) {       /* the leaf exists: COPYING set */
@@ -223,18 +226,20 @@ copy_granule (struct snapshot *s, uint64_t g, unsigned char *buf,
   if (is_preserved (v))
     s->preserved++;
   pthread_cond_broadcast (&s->cond);
+  return broke;
 }
 
-void
+bool
 snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
                        snapshot_read_fn read, void *ctx)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t g, first, last, end;
+  bool broke = false;
 
   if (count == 0 || offset >= s->size || s->state != SNAPSHOT_ACTIVE)
-    return;
+    return false;
   end = s->size - offset < count ? s->size : offset + count;
   first = offset >> s->granule_bits;
   last = (end - 1) >> s->granule_bits;
@@ -250,16 +255,18 @@ snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
     if (v != SLOT_NONE || s->state != SNAPSHOT_ACTIVE)
       continue;
     if (buf == NULL && (buf = malloc (granule_size (s))) == NULL) {
-      break_locked (s, "out of memory for a copy");
+      broke = break_locked (s, "out of memory for a copy");
       break;
     }
     if (slot_set (s, g, SLOT_COPYING) == -1) {
-      break_locked (s, "out of memory for the map of preserved granules");
+      broke = break_locked (s, "out of memory for the map of preserved "
+                            "granules");
       break;
     }
-    copy_granule (s, g, buf, read, ctx);
+    broke = copy_granule (s, g, buf, read, ctx);
   }
   leave_op (s);
+  return broke;
 }
 
 static int

@@ -99,9 +99,9 @@ extern int snapshot_new (const char *name, uint64_t size,
 /* Before a write, zero or trim of [offset, offset+count) is forwarded:
  * preserve every granule of it not yet preserved, reading its old
  * contents through READ.  Never fails: a copy that cannot be made breaks
- * the snapshot (the write must go on).
+ * the snapshot (the write must go on); true if this call broke it.
  */
-extern void snapshot_before_write (struct snapshot *s, uint64_t offset,
+extern bool snapshot_before_write (struct snapshot *s, uint64_t offset,
                                    uint64_t count, snapshot_read_fn read,
                                    void *ctx);
 

@@ -198,7 +198,14 @@ snapshots_slow_before_write (struct snapshots *ss,
   if (a->freezing)
     return false;
   for (i = 0; i < a->n; ++i)
-    snapshot_before_write (a->s[i], offset, count, read, ctx);
+    if (snapshot_before_write (a->s[i], offset, count, read, ctx)) {
+      struct snapshot_info info;
+
+      snapshot_get_info (a->s[i], &info);
+      ss->tr->cfg.log ("%s: snapshot '%s' is broken: %s; writes go on, its "
+                       "readers get EIO (release it)", ss->tr->cfg.path,
+                       a->s[i]->name, info.why);
+    }
   return true;
 }
 
