@@ -33,7 +33,8 @@ array_with (const struct snapshot_array *a, struct snapshot *add,
             struct snapshot *without, bool freezing)
 {
   size_t n = a ? a->n : 0, i, k = 0;
-  struct snapshot_array *b = malloc (sizeof *b + (n + 1) * sizeof b->s[0]);
+  struct snapshot_array *b =
+    malloc (sizeof *b + (n + 1) * sizeof (struct snapshot *));
 
   if (b == NULL)
     return NULL;

@@ -544,23 +544,20 @@ control_command (const char *line)
   bad = n == 4;
   if (cmd && strcmp (cmd, "checkpoint") == 0) {
     for (i = 0; i < n; ++i) {
-      if (strcmp (words[i], "--snapshot") == 0 ||
-          strcmp (words[i], "--snapshot=full") == 0) {
+      enum snap_variant w = strcmp (words[i], "--snapshot") == 0 ||
+        strcmp (words[i], "--snapshot=full") == 0 ? SNAP_FULL
+        : strcmp (words[i], "--snapshot=dirty") == 0 ? SNAP_DIRTY : SNAP_NONE;
+
+      if (w != SNAP_NONE) {
         bad |= v != SNAP_NONE;
-        v = SNAP_FULL;
+        v = w;
       }
-      else if (strcmp (words[i], "--snapshot=dirty") == 0) {
-        bad |= v != SNAP_NONE;
-        v = SNAP_DIRTY;
-      }
-      else if (strncmp (words[i], "--", 2) == 0)
-        bad = true;
-      else if (name == NULL)
+      else if (strncmp (words[i], "--", 2) != 0 && name == NULL)
         name = words[i];
-      else if (gran == NULL)
+      else if (strncmp (words[i], "--", 2) != 0 && gran == NULL)
         gran = words[i];
       else
-        bad = true;
+        bad = true;             /* an unknown option, or a third word */
     }
     bad |= name == NULL;
   }
@@ -574,7 +571,7 @@ control_command (const char *line)
   }
   else if (strcmp (cmd, "persist") == 0 && n == 0)
     r = tracker_save (tracker, &err);
-  else if (strcmp (cmd, "checkpoint") == 0 && !bad) {
+  else if (strcmp (cmd, "checkpoint") == 0 && !bad && name) {
     if (strlen (name) > BME_MAX_NAME_SIZE)
       dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..%d bytes",
                   BME_MAX_NAME_SIZE);
