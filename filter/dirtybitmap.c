@@ -59,6 +59,11 @@ struct conn {
   struct snapshot *snap;        /* a snapshot's export: see open */
 };
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The export's size, learnt before any client connects (see after_fork);
+ * 0 if the plugin could not say.  Under size_lock.
+ */
+static int64_t start_size;
+
 
 static pthread_t persist_thread;
 static bool persist_thread_running;
@@ -471,6 +476,12 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
   bool taken, first = snapshots_count (&snaps) == 0;
   int r;
 
+  /* No client yet: the file is made from the size learnt at start. */
+  if (tracker_size (tracker) == 0 && start_size > 0) {
+    if (tracker_set_size (tracker, start_size, err) == -1)
+      return -1;
+    size = tracker_export_size (tracker);
+  }
   if (v == SNAP_NONE)
     return tracker_checkpoint (tracker, name, g, err);
   if (size == 0)
@@ -595,11 +606,38 @@ control_command (const char *line)
   return out;
 }
 
+/* Learn the size of the plugin's default export now, through a context
+ * of our own, so that a checkpoint works before the first client: the
+ * file is then created from this size.  Nothing is written here (a
+ * read-only server still leaves the file alone unless a checkpoint is
+ * asked for).  A plugin that cannot open yet (say, nbd with its server
+ * not up) is simply asked again by the first connection.
+ */
+static void
+learn_size (nbdkit_backend *backend)
+{
+  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
+  int64_t size = -1;
+
+  if (next == NULL)
+    return;
+  if (next->prepare (next) == 0) {
+    size = next->get_size (next);
+    next->finalize (next);
+  }
+  nbdkit_next_context_close (next);
+  if (size > 0) {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+    start_size = size;
+  }
+}
+
 static int
 dirtybitmap_after_fork (nbdkit_backend *backend)
 {
   int r;
 
+  learn_size (backend);
   if (pipe2 (quit_pipe, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbdkit_error ("dirtybitmap: pipe: %m");
     return -1;

@@ -16,7 +16,10 @@
     succeeded (and only then);
   * failures are only ENOSPC or EIO, only on requests that change data or
     flush, and reads never fail; control commands fail with a message; a
-    growth that fails refuses the new connection (nbdkit's handshake error).
+    growth that fails refuses the new connection (nbdkit's handshake error);
+  * a read of the snapshot where a write landed after its cut returns the
+    contents at the cut (zeroes) or fails with EIO (a broken snapshot, or
+    one never taken: then the connection is refused), never the write.
 """
 import json
 import os
@@ -56,7 +59,10 @@ bad = []
 for r in res:
     if r["op"] in ("w", "fua", "trim", "zero") and (r["ok"] or mode == "qemu"):
         sent.append([r["offset"], False])
-    if r["op"] == "checkpoint":
+    if r["op"] == "snapread" and r["ok"] and r["data"] != "zero":
+        bad.append("the snapshot shows %s data written after its cut" %
+                   r["data"])
+    if r["op"] in ("checkpoint", "snapshot"):
         # Whatever the reply said, the writes before it are in the bitmap
         # the checkpoint disabled if it took effect.
         for s in sent:
@@ -74,7 +80,10 @@ for r in res:
             bad.append("a read failed")
         if r["op"] == "grow":
             pass        # the new connection is refused: nbdkit says ENOENT
-        elif r["op"] in ("checkpoint", "remove"):
+        elif r["op"] == "snapread":
+            if r.get("errno") not in ("EIO", "ENOENT", "EINVAL", None):
+                bad.append("snapshot read failed with %s" % r.get("errno"))
+        elif r["op"] in ("checkpoint", "remove", "snapshot", "release"):
             if not r.get("reply", "").startswith("error: "):
                 bad.append("%s failed without an error line: %r" %
                            (r["op"], r.get("reply")))

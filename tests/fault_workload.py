@@ -8,7 +8,11 @@ records each outcome.  After every flush or FUA write that succeeds it
 copies the bitmap file to OUT.json's directory (snap-K.qcow2), so the test
 can check that the reply was not a false success.  With CONTROL_SOCKET it
 also takes a checkpoint and removes the bitmap that checkpoint disabled
-(so faults hit the rewrites of checkpoint and removal); with DISK_IMAGE
+(so faults hit the rewrites of checkpoint and removal), then a
+checkpoint with a snapshot, a write its copy-before-write must preserve,
+a read of the snapshot there (it must never show the new data) and its
+release (so faults hit the snapshot's store and its note in the
+bitmap file); with DISK_IMAGE
 (the file plugin's file) it then grows the disk and connects again, so
 that the new connection grows the bitmap file (faults hit growth).
 """
@@ -18,6 +22,7 @@ import os
 import shutil
 import socket
 import sys
+import urllib.parse
 
 import nbd
 
@@ -29,7 +34,9 @@ ops = [("w", 0), ("w", 3 * M), ("flush",), ("r", 0), ("w", 9 * M),
        ("fua", 12 * M), ("trim", 17 * M), ("zero", 21 * M), ("flush",)]
 if ctl:
     ops += [("checkpoint", "c1"), ("w", 33 * M), ("flush",),
-            ("remove", "dirtybitmap"), ("w", 45 * M), ("flush",)]
+            ("remove", "dirtybitmap"), ("w", 45 * M), ("flush",),
+            ("snapshot", "s1"), ("w", 40 * M), ("snapread", 40 * M),
+            ("release", "s1")]
 else:
     ops += [("w", 33 * M), ("w", 45 * M), ("flush",)]
 ops += [("fua", 50 * M)]
@@ -71,10 +78,25 @@ for op in ops:
             h.pread(4096, op[1])
         elif op[0] == "flush":
             h.flush()
-        elif op[0] in ("checkpoint", "remove"):
-            reply = control("%s %s" % op)
+        elif op[0] in ("checkpoint", "remove", "release", "snapshot"):
+            line = ("checkpoint %s --snapshot" % op[1] if op[0] == "snapshot"
+                    else "%s %s" % op)
+            reply = control(line)
             rec["reply"] = reply
             rec["ok"] = reply == "ok"
+        elif op[0] == "snapread":
+            # The snapshot's bytes where a write landed after the cut:
+            # zeroes (the disk's contents then), or a clean failure.
+            rec["errno"] = None
+            s = nbd.NBD()
+            u = urllib.parse.urlsplit(uri)
+            s.connect_uri("%s://%s/snapshot:s1?%s" % (u.scheme, u.netloc,
+                                                     u.query))
+            assert s.get_export_name() == "snapshot:s1"
+            data = s.pread(4096, op[1])
+            s.shutdown()
+            rec["data"] = ("zero" if data == bytes(4096) else
+                           "new" if data == b"d" * 4096 else "other")
         elif op[0] == "grow":
             # A larger disk, seen by the next connection.
             h.shutdown()

@@ -1,47 +1,95 @@
 #!/usr/bin/env bash
 # The incremental-backup example (tools/examples/backup-agent.py) end to
-# end: a full backup and 4 incrementals with random writes, zeroes and
-# trims in between (both modes).  Each restore point equals the export at
-# that moment byte for byte, and each incremental copied exactly the
-# bitmap's dirty granules, no more than the granules the writes touched.
+# end, with writers (writes, zeroes, trims on 2 connections) running
+# throughout: a full backup and 4 incrementals, each copied from a
+# point-in-time snapshot (incrementals 1 and 3 from a dirty snapshot, 2
+# and 4 from a full one), in both modes.  While each snapshot is still
+# live (--keep-snapshot) the test checks that:
+#  - the restore point equals the snapshot byte for byte: a full read of
+#    the snapshot export (nbdcopy --no-extents); for a dirty snapshot,
+#    which serves only its frozen bitmap's dirty granules, a read of each
+#    of those extents, the rest equal to the previous restore point (the
+#    snapshot's content there), and a read outside fails with EPERM;
+#  - an incremental copied exactly the frozen bitmap's dirty extents, as
+#    QEMU reads them (qemu-nbd -B): its extent list is theirs, and
+#    bytes_copied is their sum;
+#  - the writers wrote during the backup, and after its cut (the snapshot
+#    preserved some data).
+# Then `release` ends the snapshot and removes the consumed bitmap, and at
+# the end every restore point still restores to what was checked.
 source "$srcdir/functions.sh"
 requires qemu-img --version
+requires qemu-nbd --version
 requires nbdcopy --version
+requires nbdinfo --version
 requires "$PYTHON" -c "import nbd"
-AGENT="$PYTHON $srcdir/../tools/examples/backup-agent.py"
-O="$PYTHON $srcdir/oracle.py"
+source "$srcdir/test-backup-agent-lib.sh"
+SIZE=$((32 << 20))
 
 for mode in crash-safe qemu; do
-    rm -rf bk disk.img b.qcow2 log.* exp.*
-    truncate -s 256M disk.img
+    rm -rf bk disk.img b.qcow2 restored.* sums
+    truncate -s $SIZE disk.img
     start_nbdkit pid.$mode sock.$mode file disk.img bitmap-file=$PWD/b.qcow2 \
         bitmap-control=$PWD/ctl.$mode bitmap-mode=$mode
-    uri="nbd+unix:///?socket=$PWD/sock.$mode"
-    $O run "$uri" log.0 --seed 1 --ops 300 --conns 2 --max-len 300000
-    $AGENT full --uri "$uri" --control ctl.$mode --dir bk > out
-    nbdcopy "$uri" exp.0
-    for n in 1 2 3 4; do
-        $O run "$uri" log.$n --seed $((n + 10)) --ops $((n * 100)) --conns 2 \
-            --max-len 200000
-        $AGENT incremental --uri "$uri" --control ctl.$mode --dir bk > out
-        nbdcopy "$uri" exp.$n
-        copied=$("$PYTHON" -c 'import json,sys; print(json.load(open("out"))["bytes_copied"])')
-        # Exactly the dirty granules of the writes since the last backup
-        # (the bitmap is exact after a checkpoint, in both modes).
-        want=$($O expect log.$n $((256 << 20)) 65536 | awk '{ s += $2 } END { print s + 0 }')
-        [ "$copied" = "$want" ] ||
-            fail "$mode: incremental $n copied $copied bytes, writes touched $want"
+    sock=$PWD/sock.$mode ctl=$PWD/ctl.$mode
+    uri="nbd+unix:///?socket=$sock"
+    A="$AGENT --uri $uri --control $ctl --dir bk --keep-snapshot"
+    start_writer "$uri" 1
+    for n in 0 1 2 3 4; do
+        case $n in
+            0) cmd=full ;;
+            1|3) cmd="incremental --variant dirty" ;;
+            *) cmd="incremental --variant full" ;;
+        esac
+        before=$(writes)
+        $A $cmd > out || fail "$mode: backup $n: $(cat out)"
+        after=$(writes)
+        [ "$after" -gt "$before" ] ||
+            fail "$mode: backup $n: no write during it ($before, $after)"
+        cp=bk-$((n + 1))
+        json_check "j['backup'] == $n and j['checkpoint'] == '$cp' and j['kept']" < out
+        # Writes after the cut reached the snapshot's area (it preserved
+        # their old contents): it is not the export as it is now.
+        for (( i=0; i<100; i++ )); do
+            "$DIRTYBITMAP" status "$ctl" > st
+            preserved=$(json_get "[s['preserved_bytes'] for s in j['snapshots'] if s['name'] == '$cp'][0]" < st)
+            [ "$preserved" -gt 0 ] && break
+            sleep 0.1
+        done
+        [ "$preserved" -gt 0 ] || fail "$mode: backup $n: nothing written after the cut"
+        variant=$(json_get "[s['variant'] for s in j['snapshots'] if s['name'] == '$cp'][0]" < st)
+        if [ $n = 0 ] || [ $n = 2 ] || [ $n = 4 ]; then want=full; else want=dirty; fi
+        [ "$variant" = $want ] || fail "$mode: backup $n: a $variant snapshot, not $want"
+        if [ $n -gt 0 ]; then
+            json_check "j['bitmaps'] == ['bk-$n']" < out
+            check_copied $n out
+            # The filter's own count, for the record: it may exceed what
+            # the file holds (see the report of issue 13).
+            dirty=$(json_get "[b['dirty_bytes'] for b in j['bitmaps'] if b['name'] == 'bk-$n'][0]" < st)
+            copied=$(json_get "j['bytes_copied']" < out)
+            [ "$dirty" = "$copied" ] ||
+                echo "NOTE: $mode: bitmap bk-$n: status says $dirty dirty bytes, its file $copied"
+        fi
+        check_point $n "$sock"
+        sha256sum < restored.$n >> sums
+        [ $n -gt 0 ] && rm -f restored.$((n - 1))
+        $AGENT release --control "$ctl" --dir bk > rel
+        json_check "j['released'] == ['$cp'] and
+                    j['removed'] == ([] if $n == 0 else ['bk-$n'])" < rel
+        "$DIRTYBITMAP" status "$ctl" | json_check "j['snapshots'] == [] and
+            [b['name'] for b in j['bitmaps']] == ['dirtybitmap', '$cp']"
+        echo "$mode: backup $n ($variant snapshot $cp) equals its snapshot; $(writes) writes so far"
     done
+    stop_writer || fail "$mode: the writers failed"
+    # Every restore point still restores to what was checked.
     for n in 0 1 2 3 4; do
         $AGENT restore --dir bk --out restored.img --upto $n > /dev/null
-        cmp restored.img exp.$n || fail "$mode: restore point $n differs"
-    done
-    # Consumed bitmaps are removed: only the original and the live one.
-    "$DIRTYBITMAP" status ctl.$mode | json_get '[b["name"] for b in j["bitmaps"]]' > names
-    [ "$(cat names)" = '["dirtybitmap", "bk-5"]' ] ||
-        fail "$mode: bitmaps left: $(cat names)"
+        sha256sum < restored.img
+    done > sums2
+    diff sums sums2 >&2 || fail "$mode: a restore point changed"
+    rm -f restored.*
     kill_nbdkit "$(cat pid.$mode)"
     qemu_check b.qcow2
-    echo "$mode: full + 4 incrementals restored identically"
+    echo "$mode: full + 4 incrementals from snapshots, each identical to its snapshot"
 done
 echo OK

@@ -3,7 +3,8 @@
 # (LD_PRELOAD shim failing the N-th write, sync, truncate, open, mkostemp,
 # fchmod, fchown, rename, link or directory fsync with ENOSPC or EIO, for
 # N over every call of a scripted run through creation, flushes, FUA, a
-# checkpoint, a removal and a growth; one-shot and sticky), in both modes:
+# checkpoint, a removal, a snapshot (its store, copy, read and release)
+# and a growth; one-shot and sticky), in both modes:
 # a flush or FUA reply is never a false success, reads keep being served,
 # data requests succeed or fail with ENOSPC/EIO, the file always passes
 # qemu-img check, and after a restart the bitmap covers every write sent.
@@ -51,8 +52,8 @@ PY
     # A restart with a writer (the in_use policy is applied when the first
     # writer connects; a start alone leaves the file as it is).
     "$NBDKIT" --filter="$FILTER" file $PWD/disk.img bitmap-file=$PWD/bm.qcow2 \
-        bitmap-mode=$1 --run 'nbdsh -u "$uri" -c pass' 2>/dev/null ||
-        fail "$2: restart failed"
+        bitmap-mode=$1 --run 'nbdsh -u "$uri" -c pass' 2>restart.err ||
+        { cat restart.err run.log; fail "$2: restart failed"; }
     DIRTYBITMAP=$DIRTYBITMAP /usr/bin/python3 "$srcdir/check_faults.py" \
         res.json bm.qcow2 $1 || { cat run.log; fail "$2"; }
 }

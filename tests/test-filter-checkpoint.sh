@@ -129,6 +129,19 @@ kill -9 "$(cat pid.a)"; sleep 0.5
 [ -S ctl2 ] || fail "kill -9 should leave the socket"
 start_nbdkit pid.b sock.b memory 1M bitmap-file=$PWD/a.qcow2 bitmap-control=$PWD/ctl2
 $D status ctl2 > /dev/null || fail "stale socket not replaced"
-$D checkpoint ctl2 x 2> err && fail "checkpoint before any connection"
-grep -q "no client has connected yet" err || fail "before first connection: $(cat err)"
+# Before any client: the size was learnt at start, so the checkpoint
+# creates the file (bitmap x enabled, the default one disabled).
+[ ! -e a.qcow2 ] || fail "a.qcow2 exists before any client"
+$D checkpoint ctl2 x 2> err || fail "checkpoint before any connection: $(cat err)"
+qemu-img check -U a.qcow2 > /dev/null || fail "qemu-img check -U a.qcow2"
+$D info a.qcow2 --json > info.json
+/usr/bin/python3 - info.json <<'PY' || fail "file made by the first checkpoint"
+import json, sys
+b = {x["name"]: x for x in json.load(open(sys.argv[1]))["bitmaps"]}
+assert set(b) == {"dirtybitmap", "x"}, b
+assert "auto" in b["x"]["flags"] and "auto" not in b["dirtybitmap"]["flags"], b
+PY
+$D checkpoint ctl2 y --snapshot || fail "snapshot before any writer"
+nbdinfo --list "nbd+unix:///?socket=$PWD/sock.b" | grep -q 'snapshot:y' ||
+    fail "snapshot:y not listed"
 echo OK

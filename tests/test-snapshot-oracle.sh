@@ -4,8 +4,8 @@
 # with the write it came from) while a checkpoint with a snapshot is taken
 # every 200 ms, alternating --snapshot and --snapshot=dirty.  Each snapshot
 # is read while the writers go on (a full one entirely, a dirty one over
-# its frozen bitmap's dirty extents, plus a read outside that must fail
-# with EPERM), then released.  Afterwards: every block a snapshot showed
+# its frozen bitmap's dirty extents, plus a read in each granule outside
+# them, which must fail with EPERM), then released.  Afterwards: every block a snapshot showed
 # is what the oracle allows at its cut (never a write sent after the
 # checkpoint's reply), every write a snapshot does not reflect is in its
 # new bitmap, every write is in the bitmaps, and no file is left behind.
@@ -19,6 +19,35 @@ seed=${SNAPSHOT_ORACLE_SEED:-$((RANDOM * 32768 + RANDOM))}
 echo "seed $seed (SNAPSHOT_ORACLE_SEED=$seed repeats it)"
 size=$((64 << 20))
 
+# serve LOG SOCK ARGS...: nbdkit --filter=dirtybitmap ARGS in the
+# foreground (-f) as this shell's child, stderr to LOG, sets SERVER_PID;
+# returns once SOCK (and the bitmap-control socket) serve.  A daemon's exit
+# is only seen once something reaps it, so a child is quicker to stop:
+# stop_server PID sends SIGTERM and returns nbdkit's exit status.
+serve () {
+    local log=$1 sock=$2 a ctl= i; shift 2
+    for a in "$@"; do
+        case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
+    done
+    rm -f "$sock" ${ctl:+"$ctl"}
+    "$NBDKIT" -f -U "$sock" --filter="$FILTER" "$@" 2> "$log" &
+    SERVER_PID=$!
+    cleanup_fn "stop_server $SERVER_PID"
+    for (( i=0; i<600; i++ )); do
+        if ! kill -0 $SERVER_PID 2>/dev/null ||
+           [ "$(awk '{ print $3 }' /proc/$SERVER_PID/stat 2>/dev/null)" = Z ]; then
+            cat "$log" >&2; fail "nbdkit did not start: $*"
+        fi
+        [ -S "$sock" ] && { [ -z "$ctl" ] || [ -S "$ctl" ]; } && return 0
+        sleep 0.05
+    done
+    fail "nbdkit did not serve within 30 s: $*"
+}
+stop_server () {
+    kill "$1" 2>/dev/null || return 0
+    wait "$1" 2>/dev/null
+}
+
 mkdir bm
 for plugin in memory file; do
     for mode in crash-safe qemu; do
@@ -31,10 +60,10 @@ for plugin in memory file; do
             args=(memory $size)
         fi
         before=$(ls -A bm)
-        start_nbdkit pid.$cfg sock.$cfg "${args[@]}" \
+        serve nbdkit.$cfg.log "$PWD/sock.$cfg" "${args[@]}" \
             bitmap-file=$PWD/bm/b.qcow2 bitmap-control=$PWD/ctl \
             bitmap-mode=$mode bitmap-persist-interval=1
-        pid=$NBDKIT_PID
+        pid=$SERVER_PID
         # timeout: a hang guard only (the run takes a few seconds).
         # The oracle runs even when the run saw a failure (more detail).
         run_ok=true
@@ -44,8 +73,8 @@ for plugin in memory file; do
         [ -s log.$cfg ] || fail "$cfg: snapshot run (seed $seed) left no log"
         # Released snapshots leave no store behind while the server runs.
         [ "$(ls -A bm)" = b.qcow2 ] || fail "$cfg: files in the bitmap dir: $(ls -A bm)"
-        kill_nbdkit $pid
-        kill -0 $pid 2>/dev/null && fail "$cfg: nbdkit $pid still running"
+        st=0; stop_server $pid || st=$?
+        [ $st = 0 ] || { cat nbdkit.$cfg.log; fail "$cfg: nbdkit exit status $st"; }
         [ "$before" = "" ] && [ "$(ls -A bm)" = b.qcow2 ] ||
             fail "$cfg: bitmap dir after shutdown: $(ls -A bm)"
         qemu_check bm/b.qcow2

@@ -554,6 +554,7 @@ def start_op(args, d, chain, ctl, st):
           "read": list(chain["pending"]), "step": "checkpoint",
           "file": str(chain["files"]), "size": None, "done": 0,
           "copied": 0, "chunk": args.chunk_size, "redone": 0,
+          "keep": args.keep_snapshot,
           "resumed_at": None, "warnings": [], "started": time.time()}
     d.save_chain(chain)          # the file and bitmap numbers are taken
     d.save_op(op)
@@ -634,15 +635,23 @@ def copy_step(args, d, chain, ctl, op, cli):
         d.save_op(op)
     elif op["done"]:
         op["resumed_at"] = op["done"]
-    h = open_export(args.uri, snap.get("export",
-                                       "snapshot:" + op["checkpoint"]))
+    export = snap.get("export", "snapshot:" + op["checkpoint"])
+    try:
+        h = open_export(args.uri, export)
+    except AgentError as e:
+        st = ctl.status()
+        snap = snapshot_of(st, op["checkpoint"])
+        if snap is None or snap.get("state") != "active":
+            raise SnapshotLost("it ended before it could be opened (%s)"
+                               % e, st)
+        raise
     nbd = nbd_module()
     bar = make_bar(args, op["total"], "%s %s" % (op["op"], op["checkpoint"]),
                    op["done"])
     try:
         if h.get_size() != op["size"]:
             raise AgentError("export %s is %d bytes, status says %d" % (
-                snap.get("export"), h.get_size(), op["size"]))
+                export, h.get_size(), op["size"]))
         if op["op"] == "full":
             copy_full(args, d, op, h, bar)
         else:
@@ -654,7 +663,7 @@ def copy_step(args, d, chain, ctl, op, cli):
             raise SnapshotLost("%s while copying (%s)" % (
                 "it ended" if snap is None else "it broke: %s"
                 % snap.get("reason", ""), e), st)
-        raise AgentError("reading %s: %s" % (snap.get("export"), e))
+        raise AgentError("reading %s: %s" % (export, e))
     finally:
         bar.close()
         close_export(h)
@@ -679,7 +688,7 @@ def commit(args, d, chain, op):
                                                       "extents") if k in old]
             chain["points"] = points = []
         points.append(p)
-        keep = bool(getattr(args, "keep_snapshot", False))
+        keep = bool(op.get("keep"))
         kept_bitmaps = op["read"] if op["op"] == "incremental" and keep else []
         chain["remove"] += [b for b in op["read"] if b not in kept_bitmaps]
         if keep:
@@ -773,10 +782,12 @@ def backup(args):
         resumed = True
         if new and op["step"] in ("checkpoint", "copy"):
             op["new_chain"] = True
+        if op["step"] in ("checkpoint", "copy", "commit"):
+            op["keep"] = args.keep_snapshot
     elif op is not None and op["step"] in ("commit", "cleanup"):
         # Another command's backup, already taken: complete it quietly.
         if op["step"] == "commit":
-            commit(args, d, chain, op, keep=op.get("keep", False))
+            commit(args, d, chain, op)
         cleanup(d, chain, ctl, warnings)
         d.drop_op()
         op = None
