@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 
 PACKAGES="build-essential autoconf automake libtool pkg-config nbdkit
   nbdkit-plugin-dev libnbd-bin libnbd-dev python3-libnbd qemu-utils fio
-  valgrind perl clang libclang-rt-14-dev cppcheck clang-tidy lcov"
+  valgrind perl clang libclang-rt-14-dev cppcheck clang-tidy lcov
+  libjson-c-dev python3-tqdm qemu-system-common"
 
 install_deps () {
     local missing=() p

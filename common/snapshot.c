@@ -513,6 +513,9 @@ snapshot_free (struct snapshot *s)
     close (s->fd);
   }
   bitmap_delete (s->readable);
+  for (b = 0; s->frozen && s->frozen[b]; ++b)
+    free (s->frozen[b]);
+  free (s->frozen);
   free (s->name);
   free (s->dir);
   free (s);

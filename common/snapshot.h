@@ -72,6 +72,11 @@ struct snapshot {
   uint64_t max_bytes;           /* bitmap-snapshot-max, 0 for none */
   int fd;                       /* the store: unlinked, sparse */
   char *dir;                    /* where the store is */
+  /* The bitmaps its checkpoint disabled (NULL-terminated; set by the
+   * creator before it is published, freed with it): what changed up to
+   * the cut.
+   */
+  char **frozen;
 
   pthread_mutex_t lock;
   pthread_cond_t cond;          /* a copy finished; ops reached 0 */

@@ -158,7 +158,7 @@ snapshots_json (struct snapshots *ss, FILE *f)
 {
   struct epoch_slot *e = epoch_enter ();
   struct snapshot_array *a = atomic_load (&ss->live);
-  size_t i;
+  size_t i, k;
 
   fputc ('[', f);
   for (i = 0; a && i < a->n; ++i) {
@@ -170,6 +170,12 @@ snapshots_json (struct snapshots *ss, FILE *f)
     json_put_string (f, s->name);
     fputs (",\"export\":", f);
     json_put_prefixed (f, SNAPSHOT_EXPORT_PREFIX, s->name);
+    fputs (",\"frozen\":[", f);
+    for (k = 0; s->frozen && s->frozen[k]; ++k) {
+      fputs (k ? "," : "", f);
+      json_put_string (f, s->frozen[k]);
+    }
+    fputc (']', f);
     fprintf (f, ",\"variant\":\"%s\",\"size\":%" PRIu64 ",\"granularity\":%"
              PRIu64 ",\"preserved_bytes\":%" PRIu64 ",\"store_bytes\":%"
              PRIu64 ",\"map_bytes\":%" PRIu64 ",\"readers\":%u,"

@@ -80,6 +80,31 @@ tracker_tracked_names (struct tracker *tr)
   return buf;
 }
 
+char **
+tracker_tracked_list (struct tracker *tr)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+  char **v = calloc (s->nt + 1, sizeof *v);
+  size_t i;
+
+  for (i = 0; v && tr->img && i < s->nt; ++i)
+    if ((v[i] = strdup (tr->img->bitmaps[s->t[i].st->idx].name)) == NULL) {
+      tracker_free_list (v);
+      return NULL;
+    }
+  return v;
+}
+
+void
+tracker_free_list (char **v)
+{
+  size_t i;
+
+  for (i = 0; v && v[i]; ++i)
+    free (v[i]);
+  free (v);
+}
+
 /* Give back a set (or its states) that was never published, and drop
  * the ownership of bitmaps taken since OWNED_BEFORE (the model frees
  * them, or still uses them).

@@ -177,6 +177,13 @@ struct tracker {
 extern size_t tracker_ntracked (struct tracker *tr);
 extern char *tracker_tracked_names (struct tracker *tr);
 
+/* The same as a NULL-terminated array of strings (malloc'd; NULL if out
+ * of memory), freed by tracker_free_list.  Caller serialises model
+ * changes.
+ */
+extern char **tracker_tracked_list (struct tracker *tr);
+extern void tracker_free_list (char **v);
+
 /* Open (and validate) the file if it exists, take QEMU-compatible locks,
  * apply the in_use policy, add the named bitmap if absent, and rewrite the
  * file in the canonical layout (atomically).  If the file does not exist,

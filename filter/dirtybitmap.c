@@ -493,6 +493,12 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
   if (snapshot_new (name, size, snapshot_granule_bits, snapshot_dir,
                     snapshot_max, readable, &s, err) == -1)
     return -1;
+  /* What the checkpoint disables: the bitmaps tracked now (size_lock). */
+  s->frozen = tracker_tracked_list (tracker);
+  if (s->frozen == NULL) {
+    snapshot_unref (s, false);
+    return dbm_seterr (err, ENOMEM, "out of memory");
+  }
   if (first && tracker_note_snapshots (tracker, true, err) == -1) {
     snapshot_unref (s, false);
     return -1;

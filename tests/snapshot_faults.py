@@ -378,9 +378,20 @@ def grow(sock, ctl, logp, disk):
 
 
 def badinput(sock, ctl, pid):
+    # Before any client: refused for want of a size, or taken with the
+    # size the plugin gave at start; either way consistent.
     reply = ask(ctl, "checkpoint early --snapshot")
-    if not reply.startswith("error: ") or \
-            "no client has connected yet" not in reply:
+    if reply == "ok":
+        e = snap_entry(ctl, "early")
+        r = nbd.NBD()
+        r.connect_uri(snap_uri(sock, "early"))
+        if e is None or e["size"] != r.get_size() or r.get_size() == 0 or \
+                r.pread(G, 0) != bytes(G):
+            die("a snapshot before any writer: %r" % e)
+        r.shutdown()
+        if ask(ctl, "release early") != "ok":
+            die("release early")
+    elif "no client has connected yet" not in reply:
         die("a snapshot before any writer: %r" % reply)
     w = connect(sock)
     w.pwrite(b"x" * G, 0)

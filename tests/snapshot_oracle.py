@@ -253,11 +253,20 @@ class Run:
             self.fail("%s: size %d, expected %d" % (name, h.get_size(), size))
         if not h.is_read_only():
             self.fail("%s: not read-only" % name)
-        try:
-            h.pwrite(b"x" * BLOCK, 0)
-            self.fail("%s: a write to the snapshot succeeded" % name)
-        except nbd.Error:
-            pass
+        # Writes, zeroes and trims are refused by the server (libnbd's own
+        # check of the read-only flag is turned off, so they are sent).
+        h.set_strict_mode(h.get_strict_mode() & ~nbd.STRICT_COMMANDS)
+        at = extents[0][0] if variant == "dirty" and extents else 0
+        for what, op in (("write", lambda: h.pwrite(b"x" * BLOCK, at)),
+                         ("zero", lambda: h.zero(BLOCK, at)),
+                         ("trim", lambda: h.trim(BLOCK, at))):
+            try:
+                op()
+                self.fail("%s: a %s to the snapshot succeeded" % (name, what))
+            except nbd.Error as e:
+                if e.errnum != errno.EPERM:
+                    self.fail("%s: a %s to the snapshot failed with %s, "
+                              "expected EPERM" % (name, what, e))
         st = [s for s in status(self.a.ctl)["snapshots"]
               if s["name"] == name]
         want = {"name": name, "export": "snapshot:" + name,

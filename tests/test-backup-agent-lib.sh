@@ -10,6 +10,8 @@
 #   check_copied N OUT       OUT (the agent's reply for point N) copied
 #                            exactly the dirty extents, as QEMU reads them
 #                            from $BFILE, of the bitmaps that point read
+#   jget FILE EXPR...        each Python EXPR on the JSON in FILE (as j),
+#                            one line each (one process: they are slow)
 if [ -z "${tmpdir:-}" ]; then
     echo "$0: a library for the backup-agent tests, sourced by them"
     exit 0
@@ -113,6 +115,15 @@ if probe is not None:
 h.shutdown()
 EOF
 
+jget () {
+    "$PYTHON" -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+for e in sys.argv[2:]:
+    v = eval(e, {"j": j})
+    print(v if isinstance(v, str) else json.dumps(v))' "$@"
+}
+
 writer_pid=
 start_writer () {
     rm -f "$tmpdir/stop" "$tmpdir/count"
@@ -135,20 +146,19 @@ stop_writer () {
 }
 writes () { cat "$tmpdir/count" 2>/dev/null || echo 0; }
 
-point_get () { json_get "j['points'][$1]$2" < "$BK/chain.json"; }
-
 # check_point N SOCK: restore point N into restored.N and compare it with
 # the snapshot it was read from, still live: a full snapshot read whole
 # (nbdcopy --no-extents); a dirty one through verify-dirty.py, against
 # restored.(N-1), which must be there (checked before).
 check_point () {
-    local n=$1 sock=$2 cp variant
-    cp=$(point_get "$n" "['checkpoint']")
-    variant=$(point_get "$n" ".get('variant', 'full')")
+    local n=$1 sock=$2 cp variant frozen
+    { read -r cp; read -r variant; read -r frozen; } < <(jget "$BK/chain.json" \
+        "j['points'][$n]['checkpoint']" "j['points'][$n].get('variant', 'full')" \
+        "(j['points'][$n].get('bitmaps') or [''])[0]")
     $AGENT restore --dir "$BK" --out restored.$n --upto "$n" > /dev/null ||
         fail "restore --upto $n failed"
     if [ "$variant" = dirty ]; then
-        map_qemu "$BFILE" "$(point_get "$n" "['bitmaps'][0]")" > qmap.$n
+        map_qemu "$BFILE" "$frozen" > qmap.$n
         "$PYTHON" "$tmpdir/verify-dirty.py" "$sock" "snapshot:$cp" restored.$n \
             restored.$((n - 1)) qmap.$n ||
             fail "restore point $n differs from its dirty snapshot $cp"
@@ -165,19 +175,20 @@ check_point () {
 # check_copied N OUT: point N (an incremental) copied exactly the union of
 # the dirty extents of the bitmaps it read, as QEMU reads them.
 check_copied () {
-    local n=$1 out=$2 b copied sum
-    for b in $(point_get "$n" "['bitmaps']" | json_get "' '.join(j)"); do
+    local n=$1 out=$2 b bitmaps extents copied sum
+    { read -r bitmaps; read -r extents; } < <(jget "$BK/chain.json" \
+        "' '.join(j['points'][$n]['bitmaps'])" "j['points'][$n]['extents']")
+    for b in $bitmaps; do
         map_qemu "$BFILE" "$b"
     done | sort -n | awk '
         { if (n && $1 <= e) { if ($1 + $2 > e) e = $1 + $2 }
           else { if (n) print s, e - s; s = $1; e = $1 + $2; n = 1 } }
         END { if (n) print s, e - s }' > union.$n
     [ -s union.$n ] || fail "point $n: its bitmaps have no dirty extent"
-    json_get "'\n'.join('%d %d' % tuple(e) for e in j)" \
-        < "$BK/$(point_get "$n" "['extents']")" > copied.$n
+    { jget "$BK/$extents" "'\\n'.join('%d %d' % tuple(e) for e in j)"; } > copied.$n
     expect_map union.$n copied.$n "point $n: the extents copied vs its bitmaps (qemu)"
     sum=$(awk '{ s += $2 } END { print s + 0 }' union.$n)
-    copied=$(json_get "j['bytes_copied']" < "$out")
+    copied=$(jget "$out" "j['bytes_copied']")
     [ "$copied" = "$sum" ] ||
         fail "point $n copied $copied bytes; its bitmaps have $sum dirty (qemu)"
 }

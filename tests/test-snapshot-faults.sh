@@ -58,6 +58,11 @@ stop_server () {
     wait "$1" 2>/dev/null
 }
 
+# Independent checks that fail are reported at the end, so that one does
+# not hide the next.
+failed=()
+soft_fail () { echo "FAIL (reported at the end): $*" >&2; failed+=("$*"); }
+
 # fresh: empty bitmap and store directories, a new socket name.
 fresh () {
     rm -rf bm store; mkdir bm store
@@ -189,32 +194,40 @@ finish "growth"
 fresh
 serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
     bitmap-control=$ctl
-$F badinput "$sock" "$ctl" $SERVER_PID || fail "bad control commands"
+$F badinput "$sock" "$ctl" $SERVER_PID || soft_fail "bad control commands"
 st=0; stop_server $SERVER_PID || st=$?
 [ $st = 0 ] || { cat nbdkit.$n.log; fail "bad input: nbdkit exit status $st"; }
 qemu_check bm/b.qcow2
 
-# (f) bitmap-snapshot-granularity: its range is 4K..64M (a copy unit
-# below a page, or above the largest bitmap granule, is refused).
-fresh
-serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
-    bitmap-control=$ctl bitmap-snapshot-granularity=4K
-$F granularity "$sock" "$ctl" log.json 4096 || fail "4K snapshot granularity"
-finish "4K snapshot granularity"
-for g in 64M 64K; do
+# (f) bitmap-snapshot-granularity: a power of two from 4K to 64M.
+ok4k=false
+for g in 4K 64K 64M; do
     fresh
-    $N -U - --filter="$FILTER" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
-        bitmap-snapshot-granularity=$g --run 'nbdsh -u "$uri" -c pass' 2> err ||
-        fail "bitmap-snapshot-granularity=$g refused: $(cat err)"
+    if $N -U - --filter="$FILTER" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+        bitmap-snapshot-granularity=$g --run 'nbdsh -u "$uri" -c pass' 2> err
+    then
+        [ $g = 4K ] && ok4k=true
+    else
+        soft_fail "bitmap-snapshot-granularity=$g refused: $(cat err)"
+    fi
 done
+if $ok4k; then
+    fresh
+    serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+        bitmap-control=$ctl bitmap-snapshot-granularity=4K
+    $F granularity "$sock" "$ctl" log.json 4096 || fail "4K snapshot granularity"
+    finish "4K snapshot granularity"
+fi
 # Refused at start, the error naming the parameter or its value, and no
 # file created.
 while IFS='|' read -r p re; do
     fresh
-    $N -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/bm/b.qcow2 \
-        "$p" --run 'nbdsh -u "$uri" -c pass' 2> err &&
-        fail "accepted $p"
-    grep -qE -- "$re" err || fail "$p: the error does not name it: $(cat err)"
+    if $N -U - --filter="$FILTER" memory 1M bitmap-file=$PWD/bm/b.qcow2 \
+        "$p" --run 'nbdsh -u "$uri" -c pass' 2> err; then
+        soft_fail "accepted $p"
+        continue
+    fi
+    grep -qE -- "$re" err || soft_fail "$p: the error does not name it: $(cat err)"
     [ -z "$(ls -A bm)" ] || fail "$p: a refused start created $(ls -A bm)"
 done <<EOF
 bitmap-snapshot-granularity=3000|bitmap-snapshot-granularity: .*3000
@@ -225,4 +238,5 @@ bitmap-snapshot-max=lots|lots
 bitmap-snapshot-dir=$PWD/nosuchdir|nosuchdir
 bitmap-snapshot-dir=|bitmap-snapshot-dir: must not be empty
 EOF
+[ ${#failed[@]} = 0 ] || fail "$(printf '%s; ' "${failed[@]}")"
 echo OK

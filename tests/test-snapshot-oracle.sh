@@ -48,6 +48,8 @@ stop_server () {
     wait "$1" 2>/dev/null
 }
 
+# A configuration that fails is reported, and the others still run.
+failed=()
 mkdir bm
 for plugin in memory file; do
     for mode in crash-safe qemu; do
@@ -79,8 +81,9 @@ for plugin in memory file; do
             fail "$cfg: bitmap dir after shutdown: $(ls -A bm)"
         qemu_check bm/b.qcow2
         timeout 300 $O check log.$cfg "$PWD/bm/b.qcow2" --label "$cfg" ||
-            fail "$cfg: snapshot oracle (seed $seed)"
-        $run_ok || fail "$cfg: snapshot run (seed $seed)"
+            failed+=("$cfg: snapshot oracle")
+        $run_ok || failed+=("$cfg: snapshot run")
     done
 done
+[ ${#failed[@]} = 0 ] || fail "$(printf '%s; ' "${failed[@]}")(seed $seed)"
 echo OK

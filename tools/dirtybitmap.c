@@ -16,6 +16,7 @@
 
 #include "cleanup.h"
 #include "control-client.h"
+#include "serve.h"
 #include "parse-size.h"
 #include "qcow2.h"
 #include "qemu-lock.h"
@@ -55,6 +56,10 @@ usage_all (FILE *fp)
 "                                   --snapshot: a point-in-time export\n"
 "                                   snapshot:NAME of the cut\n"
 "  release SOCKET NAME              end snapshot NAME, free its store\n"
+"  serve SOCKET NAME --from URI (--socket PATH | --port PORT [--bind ADDR])\n"
+"                                   one NBD endpoint for backup agents:\n"
+"                                   snapshot NAME's data, base:allocation\n"
+"                                   and qemu:dirty-bitmap:FROZEN (qemu-nbd)\n"
 "  persist SOCKET                   make the bitmaps durable now\n"
 "  remove SOCKET NAME               remove a disabled bitmap\n"
 "\n"
@@ -114,7 +119,7 @@ dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
 /* Options are parsed by one small getopt_long loop per command. */
 enum { OPT_JSON = 256, OPT_REPAIR, OPT_SIZE, OPT_NAME, OPT_GRAN, OPT_CLUSTER,
        OPT_DISABLED, OPT_HELP, OPT_FORCE, OPT_FORMAT, OPT_TO, OPT_BITMAP,
-       OPT_SNAPSHOT };
+       OPT_SNAPSHOT, OPT_FROM, OPT_SOCKET, OPT_PORT, OPT_BIND, OPT_QEMU_NBD };
 
 static const struct option long_opts[] = {
   { "json", no_argument, NULL, OPT_JSON },
@@ -130,6 +135,11 @@ static const struct option long_opts[] = {
   { "to", required_argument, NULL, OPT_TO },
   { "bitmap", required_argument, NULL, OPT_BITMAP },
   { "snapshot", optional_argument, NULL, OPT_SNAPSHOT },
+  { "from", required_argument, NULL, OPT_FROM },
+  { "socket", required_argument, NULL, OPT_SOCKET },
+  { "port", required_argument, NULL, OPT_PORT },
+  { "bind", required_argument, NULL, OPT_BIND },
+  { "qemu-nbd", required_argument, NULL, OPT_QEMU_NBD },
   { NULL, 0, NULL, 0 },
 };
 
@@ -137,6 +147,7 @@ struct opts {
   bool json, repair, disabled, help, force;
   const char *size, *name, *gran, *cluster, *format, *to, *bitmap;
   const char *snapshot;         /* "full" or "dirty", NULL: none */
+  const char *from, *socket, *port, *bind, *qemu_nbd;
   const char *allowed;          /* which options this command takes */
 };
 
@@ -182,6 +193,11 @@ parse_opts (const char *cmd, int argc, char **argv, struct opts *o)
     case OPT_GRAN: o->gran = optarg; break;
     case OPT_CLUSTER: o->cluster = optarg; break;
     case OPT_SNAPSHOT: o->snapshot = optarg ? optarg : "full"; break;
+    case OPT_FROM: o->from = optarg; break;
+    case OPT_SOCKET: o->socket = optarg; break;
+    case OPT_PORT: o->port = optarg; break;
+    case OPT_BIND: o->bind = optarg; break;
+    case OPT_QEMU_NBD: o->qemu_nbd = optarg; break;
     }
   }
   return 0;
@@ -970,6 +986,35 @@ cmd_release (int argc, char **argv)
   return ask (argv[optind], line);
 }
 
+static int
+cmd_serve (int argc, char **argv)
+{
+  PARSE ("serve", "from socket port bind qemu-nbd", 2,
+         "SOCKET NAME --from URI (--socket PATH | --port PORT [--bind ADDR])"
+         " [--qemu-nbd PROG]",
+         "One standard NBD endpoint for a backup agent written for QEMU: "
+         "starts qemu-nbd\nserving, on --socket PATH or --port PORT, the "
+         "contents of snapshot NAME (taken\nwith 'checkpoint SOCKET NAME "
+         "--snapshot'), its base:allocation, and\nqemu:dirty-bitmap:B for "
+         "each bitmap B that checkpoint froze.  --from is where\nnbdkit "
+         "serves (nbd+unix:///?socket=PATH or nbd://HOST[:PORT]).  Prints "
+         "one JSON\nline (uri, pid, contexts) once it serves; stops qemu-nbd "
+         "and exits when the\nsnapshot is released (0) or breaks, nbdkit "
+         "goes away, or qemu-nbd dies (1),\nor at SIGINT/SIGTERM (0).\n");
+  struct serve_opts s = {
+    .control = argv[optind], .name = argv[optind + 1], .from = o.from,
+    .socket = o.socket, .port = o.port, .bind = o.bind,
+    .qemu_nbd = o.qemu_nbd ? o.qemu_nbd : "qemu-nbd",
+  };
+
+  if (o.from == NULL || (o.socket == NULL) == (o.port == NULL)) {
+    fprintf (stderr, "%s serve: needs --from URI and one of --socket PATH "
+             "or --port PORT\n", prog);
+    return EXIT_USAGE;
+  }
+  return serve_snapshot (&s);
+}
+
 static const struct cmd cmds[] = {
   { "info", cmd_info }, { "map", cmd_map }, { "check", cmd_check },
   { "create", cmd_create }, { "add", cmd_add }, { "remove", cmd_remove },
@@ -977,6 +1022,7 @@ static const struct cmd cmds[] = {
   { "convert", cmd_convert }, { "recover", cmd_recover },
   { "status", cmd_status }, { "checkpoint", cmd_checkpoint },
   { "persist", cmd_persist }, { "release", cmd_release },
+  { "serve", cmd_serve },
 };
 
 int
