@@ -4,8 +4,8 @@
 
 #include <stdio.h>
 
-/* S as a JSON string: quote, backslash and control bytes escaped, other
- * bytes as they are (a name is bytes, usually UTF-8).
+/* S as a JSON string: quote, backslash and control characters escaped,
+ * bytes that are not UTF-8 as U+FFFD: always valid JSON.
  */
 extern void json_put_string (FILE *f, const char *s);
 

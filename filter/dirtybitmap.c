@@ -25,6 +25,7 @@
 
 #include <nbdkit-filter.h>
 
+#include "bitmap-name.h"
 #include "cleanup.h"
 #include "control.h"
 #include "parse-size.h"
@@ -125,10 +126,8 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return bitmap_file ? 0 : -1;
   }
   if (strcmp (key, "bitmap-name") == 0) {
-    size_t len = strlen (value);
-    if (len == 0 || len > BME_MAX_NAME_SIZE) {
-      nbdkit_error ("bitmap-name: must be 1..%d bytes, got %zu",
-                    BME_MAX_NAME_SIZE, len);
+    if (dbm_check_name ("bitmap-name", value, &err) == -1) {
+      nbdkit_error ("%s", err.msg);
       return -1;
     }
     bitmap_name = value;
@@ -589,9 +588,8 @@ control_command (const char *line)
   else if (strcmp (cmd, "persist") == 0 && n == 0)
     r = tracker_save (tracker, &err);
   else if (strcmp (cmd, "checkpoint") == 0 && !bad && name) {
-    if (strlen (name) > BME_MAX_NAME_SIZE)
-      dbm_seterr (&err, EINVAL, "checkpoint: NAME must be 1..%d bytes",
-                  BME_MAX_NAME_SIZE);
+    if (dbm_check_name ("checkpoint", name, &err) == -1)
+      ;
     else if (gran == NULL ||
              dbm_parse_pow2 ("granularity", gran, BME_MIN_GRANULARITY,
                              BME_MAX_GRANULARITY, &g, &err) == 0)

@@ -358,7 +358,6 @@ class Run:
                     self.fail("%s: a read after release failed with %s, "
                               "expected EIO" % (name, e))
         h.shutdown()
-        del h
         lst = self.list_exports()
         if "snapshot:" + name in lst:
             self.fail("%s: still listed after release: %r" % (name, lst))

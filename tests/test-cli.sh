@@ -25,7 +25,33 @@ set +e
 $D checkpoint $PWD/nosuch.ctl "two words" 2> err; rc=$?
 set -e
 [ $rc = 2 ] || fail "checkpoint 'two words': exit $rc"
-grep -q "NAME must be one word" err || fail "checkpoint blank name: $(cat err)"
+grep -q "checkpoint: the bitmap name has a blank or control character at offset 3 (names are one word)" err ||
+    fail "checkpoint blank name: $(cat err)"
+# One rule for the names we create: blanks, control characters and
+# bytes that are not UTF-8 are refused by create and add too.
+for bad in "a b" $'esc\x1b[0m' $'\xc3\x28'; do
+    rm -f n.qcow2
+    set +e
+    $D create n.qcow2 --size 1M --name "$bad" 2> err; rc=$?
+    set -e
+    [ $rc = 2 ] && [ ! -e n.qcow2 ] || fail "create --name '$bad': exit $rc"
+    grep -q -- "--name: the bitmap name" err || fail "create: $(cat err)"
+done
+$D create n.qcow2 --size 1M --name "ünïcødé"
+set +e
+$D add n.qcow2 "x y" 2> err; rc=$?
+set -e
+[ $rc = 2 ] || fail "add 'x y': exit $rc"
+grep -q "add: the bitmap name has a blank" err || fail "add: $(cat err)"
+# A name another tool wrote with any bytes: JSON stays valid, terminals
+# see no raw control characters.
+qemu-img bitmap --add n.qcow2 $'odd\x1b\xffname'
+$D info n.qcow2 --json > n.json
+"$PYTHON" -c 'import json,sys; b=[x["name"] for x in json.load(open(sys.argv[1]))["bitmaps"]]; assert "odd\x1b\ufffdname" in b, b' n.json ||
+    fail "info --json with an odd name: $(cat n.json)"
+$D info n.qcow2 > n.txt
+grep -q 'odd\\x1b\\xffname' n.txt || fail "info text: $(cat -v n.txt)"
+! grep -q $'\x1b' n.txt || fail "a raw ESC reached the terminal"
 
 $D create a.qcow2 --size 10G --granularity 4K --name first
 qemu_check a.qcow2

@@ -37,10 +37,16 @@ bad_param "bitmap-granularity: '64Q' has an unknown unit" \
     bitmap-file=$PWD/good.qcow2 bitmap-granularity=64Q
 bad_param "bitmap-granularity: empty size" \
     bitmap-file=$PWD/good.qcow2 bitmap-granularity=
-bad_param "bitmap-name: must be 1..1023 bytes, got 0" \
+bad_param "bitmap-name: a bitmap name must be 1 to 1023 bytes, got 0" \
     bitmap-file=$PWD/good.qcow2 bitmap-name=
-bad_param "bitmap-name: must be 1..1023 bytes, got 1024" \
+bad_param "bitmap-name: a bitmap name must be 1 to 1023 bytes, got 1024" \
     bitmap-file=$PWD/good.qcow2 bitmap-name=$(printf 'n%.0s' $(seq 1024))
+bad_param "bitmap-name: the bitmap name has a blank or control character at offset 1" \
+    bitmap-file=$PWD/good.qcow2 "bitmap-name=a b"
+bad_param "bitmap-name: the bitmap name has a blank or control character at offset 2" \
+    bitmap-file=$PWD/good.qcow2 bitmap-name=$'ab\x1b[31m'
+bad_param "bitmap-name: the bitmap name is not valid UTF-8 (byte 0xff at offset 1)" \
+    bitmap-file=$PWD/good.qcow2 bitmap-name=$'a\xff'
 bad_param "bitmap-mode: 'fast' is not crash-safe or qemu" \
     bitmap-file=$PWD/good.qcow2 bitmap-mode=fast
 bad_param "bitmap-format: 'qcow3' is not qemu or draft-2015" \

@@ -15,7 +15,9 @@
 #include <sys/stat.h>
 
 #include "cleanup.h"
+#include "bitmap-name.h"
 #include "control-client.h"
+#include "json-string.h"
 #include "serve.h"
 #include "parse-size.h"
 #include "qcow2.h"
@@ -81,17 +83,16 @@ print_err (const struct dbm_err *err)
 static void
 json_string (const char *s)
 {
-  putchar ('"');
-  for (; *s; ++s) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      printf ("\\%c", c);
-    else if (c < 0x20)
-      printf ("\\u%04x", c);
-    else
-      putchar (c);
-  }
-  putchar ('"');
+  json_put_string (stdout, s);
+}
+
+/* A name on a terminal: never raw control characters. */
+static void
+print_name (const char *s)
+{
+  CLEANUP_FREE char *p = dbm_printable_name (s);
+
+  fputs (p ? p : "?", stdout);
 }
 
 /* Dirty bytes of a bitmap, clipped to the disk. */
@@ -302,7 +303,9 @@ cmd_info (int argc, char **argv)
                 d, pct);
     }
     else {
-      printf ("  %s: ", b->name);
+      fputs ("  ", stdout);
+      print_name (b->name);
+      fputs (": ", stdout);
       if (img->layout == QCOW2_LAYOUT_DRAFT2015)
         printf ("size %" PRIu64 ", ", b->size);
       if (b->inconsistent)
@@ -574,6 +577,10 @@ cmd_create (int argc, char **argv)
     print_err (&err);
     return EXIT_USAGE;
   }
+  if (o.name && dbm_check_name ("--name", o.name, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
   if (refuse_existing (path) == -1)
     return 1;
   img = qcow2_new (layout == QCOW2_LAYOUT_DRAFT2015 ? 0 : size, cbits, layout,
@@ -673,6 +680,10 @@ cmd_add (int argc, char **argv)
 
   if (parse_gran (o.gran, &a.gran) == -1)
     return EXIT_USAGE;
+  if (dbm_check_name ("add", a.name, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
   if (o.size && dbm_parse_size ("--size", o.size, &a.size, &err) == -1) {
     print_err (&err);
     return EXIT_USAGE;
@@ -923,8 +934,13 @@ cmd_checkpoint (int argc, char **argv)
   CLEANUP_FREE char *line = NULL;
   const char *name = argv[optind + 1];
 
-  if (check_word ("checkpoint", name) == -1 ||
-      (o.gran && check_word ("checkpoint", o.gran) == -1))
+  struct dbm_err err;
+
+  if (dbm_check_name ("checkpoint", name, &err) == -1) {
+    print_err (&err);
+    return EXIT_USAGE;
+  }
+  if (o.gran && check_word ("checkpoint", o.gran) == -1)
     return EXIT_USAGE;
   if (o.snapshot && strcmp (o.snapshot, "full") != 0 &&
       strcmp (o.snapshot, "dirty") != 0) {

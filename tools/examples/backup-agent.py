@@ -581,8 +581,6 @@ def redo(d, chain, ctl, op, st, why):
             pass
     op["warnings"].append("snapshot %s: %s; a new checkpoint is taken"
                           % (op["checkpoint"], why))
-    if bitmap_of(st, op["checkpoint"]):
-        op["read"].append(op["checkpoint"])
     if op["op"] == "incremental" and len(op["read"]) > 1:
         op["variant"] = "full"
     remove_files(d, op)
