@@ -780,6 +780,58 @@ check_refcounts (struct qcow2_image *img, uint8_t *refs, uint64_t nclusters,
 }
 
 /* Load the contents of each consistent bitmap. */
+/* Read bitmap B's data as the file holds it into BM (empty, its size
+ * and granularity), through BUF (a cluster).
+ */
+static int
+read_bits (struct qcow2_image *img, const struct qcow2_bitmap *b,
+           struct bitmap *bm, unsigned char *buf, struct dbm_err *err)
+{
+  uint64_t nbytes = bitmap_data_bytes (bm);
+  uint32_t j;
+
+  for (j = 0; j < b->bitmap_table_size; ++j) {
+    uint64_t off = (uint64_t) j << img->cluster_bits;
+    uint64_t e = b->table[j], len;
+
+    if (off >= nbytes)
+      break;
+    len = nbytes - off < img->cluster_size ? nbytes - off : img->cluster_size;
+    if (e == 0)
+      continue;
+    if (e == BME_TABLE_ALL_ONES)
+      memset (buf, 0xff, len);
+    else if (qcow2_pread_full (img->fd, buf, len, e & QCOW2_OFFSET_MASK)
+             == -1)
+      return dbm_seterr (err, errno, "%s: bitmap '%s': read data cluster "
+                         "at 0x%" PRIx64 ": %m", img->path, b->name,
+                         e & QCOW2_OFFSET_MASK);
+    if (bitmap_import (bm, off, buf, len) == -1)
+      return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
+                         b->name);
+  }
+  return 0;
+}
+
+struct bitmap *
+qcow2_read_bitmap (struct qcow2_image *img, int idx, struct dbm_err *err)
+{
+  const struct qcow2_bitmap *b = &img->bitmaps[idx];
+  CLEANUP_FREE unsigned char *buf = malloc (img->cluster_size);
+  struct bitmap *bm = bitmap_new (b->size, b->granularity_bits);
+
+  if (buf == NULL || bm == NULL) {
+    bitmap_delete (bm);
+    dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
+    return NULL;
+  }
+  if (read_bits (img, b, bm, buf, err) == -1) {
+    bitmap_delete (bm);
+    return NULL;
+  }
+  return bm;
+}
+
 static int
 load_data (struct qcow2_image *img, struct dbm_err *err)
 {
@@ -790,34 +842,14 @@ load_data (struct qcow2_image *img, struct dbm_err *err)
     return dbm_seterr (err, ENOMEM, "%s: out of memory", img->path);
   for (i = 0; i < img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &img->bitmaps[i];
-    uint64_t nbytes;
 
     if ((b->bits = bitmap_new (b->size, b->granularity_bits)) == NULL)
       return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
                          b->name);
     if (b->inconsistent)
       continue;
-    nbytes = bitmap_data_bytes (b->bits);
-    for (j = 0; j < b->bitmap_table_size; ++j) {
-      uint64_t off = (uint64_t) j << img->cluster_bits;
-      uint64_t e = b->table[j], len;
-
-      if (off >= nbytes)
-        break;
-      len = nbytes - off < img->cluster_size ? nbytes - off : img->cluster_size;
-      if (e == 0)
-        continue;
-      if (e == BME_TABLE_ALL_ONES)
-        memset (buf, 0xff, len);
-      else if (qcow2_pread_full (img->fd, buf, len, e & QCOW2_OFFSET_MASK)
-               == -1)
-        return dbm_seterr (err, errno, "%s: bitmap '%s': read data cluster "
-                           "at 0x%" PRIx64 ": %m", img->path, b->name,
-                           e & QCOW2_OFFSET_MASK);
-      if (bitmap_import (b->bits, off, buf, len) == -1)
-        return dbm_seterr (err, errno, "%s: bitmap '%s': %m", img->path,
-                           b->name);
-    }
+    if (read_bits (img, b, b->bits, buf, err) == -1)
+      return -1;
     /* What was loaded is on disk already: not "changed". */
     for (j = 0; j < b->bits->nleaves; ++j)
       bitmap_take_changed (b->bits, j);

@@ -176,6 +176,12 @@ qcow2_virtual_size (const struct qcow2_image *img)
   return img->size & ~UINT64_C (511);
 }
 
+/* Bitmap IDX as the file holds it now (not the model's bits): a new
+ * bitmap, or NULL with ERR.
+ */
+extern struct bitmap *qcow2_read_bitmap (struct qcow2_image *img, int idx,
+                                         struct dbm_err *err);
+
 /* The exact bitmap_table_size QEMU requires for a consistent bitmap. */
 extern uint64_t qcow2_required_table_size (uint64_t size,
                                            unsigned granularity_bits,

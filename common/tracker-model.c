@@ -155,23 +155,34 @@ undo (struct tracker *tr, struct qcow2_image *img2)
   tracker_drop_model (img2);
 }
 
-/* Mark every dirty range of the bitmaps of S in FROZEN. */
+/* Mark every dirty range the bitmaps of S have in the file (as saved:
+ * not the bits in memory, which writers on the transitional set may
+ * still extend) in FROZEN.
+ */
 static int
-mark_frozen (const struct track_set *s, struct bitmap *frozen)
+mark_frozen (struct tracker *tr, const struct track_set *s,
+             struct bitmap *frozen, struct dbm_err *err)
 {
   size_t i;
 
   for (i = 0; i < s->nt; ++i) {
-    const struct bitmap *bm = s->t[i].st->bits;
-    unsigned g = bm->granularity_bits;
-    uint64_t a = bitmap_find (bm, 0, true), b;
+    struct bitmap *bm = qcow2_read_bitmap (tr->img, s->t[i].st->idx, err);
+    unsigned g;
+    uint64_t a, b;
 
+    if (bm == NULL)
+      return -1;
+    g = bm->granularity_bits;
+    a = bitmap_find (bm, 0, true);
     while (a < bm->nbits) {
       b = bitmap_find (bm, a, false);
-      if (bitmap_mark (frozen, a << g, (b - a) << g) == -1)
-        return -1;
+      if (bitmap_mark (frozen, a << g, (b - a) << g) == -1) {
+        bitmap_delete (bm);
+        return dbm_seterr (err, ENOMEM, "out of memory");
+      }
       a = b < bm->nbits ? bitmap_find (bm, b, true) : b;
     }
+    bitmap_delete (bm);
   }
   return 0;
 }
@@ -292,12 +303,14 @@ tracker_checkpoint_frozen (struct tracker *tr, const char *name,
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
   *taken = true;
-  /* After the save: FROZEN then holds every bit on disk. */
-  if (frozen && mark_frozen (before, frozen) == -1) {
-    r = dbm_seterr (err, ENOMEM, "%s: checkpoint '%s' taken, but out of "
-                    "memory for the map of its frozen bitmaps", tr->cfg.path,
-                    name);
-    frozen = NULL;
+  /* FROZEN: exactly the bits saved (read back from the file). */
+  if (frozen && mark_frozen (tr, before, frozen, err) == -1) {
+    char cause[sizeof err->msg];
+
+    snprintf (cause, sizeof cause, "%s", err->msg);
+    r = dbm_seterr (err, ENOMEM, "%s: checkpoint '%s' taken, but its frozen "
+                    "bitmaps could not be read back (%s)", tr->cfg.path,
+                    name, cause);
   }
   /* Last use of BEFORE: reclaim may free it. */
   for (i = 0; i < before->nt; ++i)

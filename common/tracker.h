@@ -373,10 +373,11 @@ extern int tracker_checkpoint (struct tracker *tr, const char *name,
                                struct dbm_err *err);
 
 /* The same; and if FROZEN is not NULL, every range the disabled bitmaps
- * mark dirty is marked in it (at its own granularity) after they were
- * saved, so it covers what a reader of the saved bitmaps will ask for.
- * If that marking fails (ENOMEM) the checkpoint still stands: -1 with
- * ERR saying so and *TAKEN true.
+ * mark dirty in the file, as saved (read back), is marked in it (at its
+ * own granularity): exactly what a reader of the saved bitmaps will ask
+ * for.  If that fails the checkpoint still stands: -1 with ERR saying so,
+ * errnum ENOMEM, and *TAKEN true.  *TAKEN also tells a checkpoint in
+ * force whose sync failed (-1, EIO) from one not taken.
  */
 extern int tracker_checkpoint_frozen (struct tracker *tr, const char *name,
                                       unsigned granularity_bits,

@@ -213,8 +213,9 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return 0;
   }
   if (strcmp (key, "bitmap-snapshot-granularity") == 0) {
-    if (dbm_parse_pow2 ("bitmap-snapshot-granularity", value, 12, 26,
-                        &snapshot_granule_bits, &err) == -1) {
+    if (dbm_parse_pow2 ("bitmap-snapshot-granularity", value, 4096,
+                        UINT64_C (64) << 20, &snapshot_granule_bits,
+                        &err) == -1) {
       nbdkit_error ("%s", err.msg);
       return -1;
     }
@@ -550,6 +551,7 @@ control_command (const char *line)
   unsigned g = granularity_bits;
   size_t n = 0, i;
   bool bad = false;
+  char why[256] = "";
   int r = -1;
 
   if (copy == NULL)
@@ -564,18 +566,25 @@ control_command (const char *line)
         strcmp (words[i], "--snapshot=full") == 0 ? SNAP_FULL
         : strcmp (words[i], "--snapshot=dirty") == 0 ? SNAP_DIRTY : SNAP_NONE;
 
-      if (w != SNAP_NONE) {
-        bad |= v != SNAP_NONE;
+      if (w != SNAP_NONE && v != SNAP_NONE)
+        snprintf (why, sizeof why, "checkpoint: --snapshot given twice");
+      else if (w != SNAP_NONE)
         v = w;
-      }
-      else if (strncmp (words[i], "--", 2) != 0 && name == NULL)
+      else if (strncmp (words[i], "--", 2) == 0)
+        snprintf (why, sizeof why, "checkpoint: unknown option '%.100s' "
+                  "(--snapshot, --snapshot=full or --snapshot=dirty)",
+                  words[i]);
+      else if (name == NULL)
         name = words[i];
-      else if (strncmp (words[i], "--", 2) != 0 && gran == NULL)
+      else if (gran == NULL)
         gran = words[i];
       else
-        bad = true;             /* an unknown option, or a third word */
+        snprintf (why, sizeof why, "checkpoint: unexpected '%.100s' after "
+                  "NAME and GRANULARITY", words[i]);
     }
-    bad |= name == NULL;
+    if (name == NULL && why[0] == '\0')
+      snprintf (why, sizeof why, "checkpoint: NAME is missing");
+    bad |= why[0] != '\0';
   }
   if (cmd == NULL)
     dbm_seterr (&err, EINVAL, "empty command (status, checkpoint, persist, "
@@ -599,6 +608,8 @@ control_command (const char *line)
     r = tracker_remove (tracker, words[0], &err);
   else if (strcmp (cmd, "release") == 0 && n == 1)
     r = release_command (words[0], &err);
+  else if (why[0])
+    dbm_seterr (&err, EINVAL, "%s; " USAGE, why);
   else
     dbm_seterr (&err, EINVAL, USAGE);
   if (r == 0)

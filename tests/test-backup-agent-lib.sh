@@ -12,6 +12,7 @@
 #                            from $BFILE, of the bitmaps that point read
 #   jget FILE EXPR...        each Python EXPR on the JSON in FILE (as j),
 #                            one line each (one process: they are slow)
+#   bitmaps, snapshots, write_some, expect_error, keep: see below
 if [ -z "${tmpdir:-}" ]; then
     echo "$0: a library for the backup-agent tests, sourced by them"
     exit 0
@@ -191,4 +192,30 @@ check_copied () {
     copied=$(jget "$out" "j['bytes_copied']")
     [ "$copied" = "$sum" ] ||
         fail "point $n copied $copied bytes; its bitmaps have $sum dirty (qemu)"
+}
+
+# With $ctl, $sock, $uri and $A (the agent with those and --dir $BK
+# --keep-snapshot) set by the test:
+bitmaps () { "$DIRTYBITMAP" status "$ctl" | json_get "[b['name'] for b in j['bitmaps']]"; }
+snapshots () { "$DIRTYBITMAP" status "$ctl" | json_get "[s['name'] for s in j['snapshots']]"; }
+# write_some: some writes, zeroes and trims (a new pattern each time).
+seed=0
+write_some () {
+    seed=$((seed + 1))
+    "$PYTHON" "$srcdir/oracle.py" run "$uri" /dev/null --seed $seed --ops 40 --max-len 100000
+}
+# expect_error RC STEP CMD...: CMD fails with exit RC and a JSON error for
+# STEP, left in err.json.
+expect_error () {
+    local want=$1 step=$2 rc=0; shift 2
+    "$@" > err.json 2> err.txt || rc=$?
+    [ $rc = "$want" ] || fail "$*: exit $rc, not $want: $(cat err.json err.txt)"
+    json_check "set(j) == {'error', 'step'} and j['step'] == '$step' and j['error']" < err.json ||
+        fail "$*: not the JSON error for step $step"
+}
+# keep N: point N (just taken) equals its snapshot; then release it.
+keep () {
+    check_point "$1" "$sock"
+    $AGENT release --control "$ctl" --dir "$BK" > /dev/null
+    [ "$(snapshots)" = "[]" ] || fail "snapshots left: $(snapshots)"
 }

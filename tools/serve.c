@@ -202,7 +202,7 @@ int
 serve_snapshot (const struct serve_opts *o)
 {
   struct snap_view v;
-  char msg[1024], export[1100];
+  char msg[1024] = "", export[1100];
   CLEANUP_FREE char *backing = NULL, *image = NULL;
   const char *argv[32 + 2 * 64];
   struct sigaction sa = { .sa_handler = on_signal };

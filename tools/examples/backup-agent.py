@@ -16,49 +16,63 @@ backup from a point-in-time snapshot while the export stays in use.
 full         checkpoint bk-N --snapshot: from its cut on, writes go to the
              new bitmap bk-N, and the export as it was at the cut is served
              read-only as export snapshot:bk-N.  Copy that whole export
-             (sparse) into DIR, then release the snapshot.  A full backup
-             in a DIR that already holds a chain adds a new full restore
-             point to it; --new-chain starts the chain again instead (the
-             old restore points and the agent's bitmaps are removed once
-             the new full backup is complete).
+             (sparse, skipping what its extents say is zero) into DIR,
+             release the snapshot, remove the agent's bitmap it froze.  A
+             full backup in a DIR that already holds a chain adds a new
+             full restore point to it; --new-chain starts a new chain
+             instead: once the new full backup is complete, the earlier
+             restore points are deleted and every bitmap named bk-N but the
+             new one is removed (so a chain.json that cannot be read is
+             replaced too).
 incremental  checkpoint bk-N --snapshot=dirty, which freezes bk-(N-1): it
              says exactly which granules changed since the previous
              backup, and the dirty snapshot preserves just those.  Read the
              frozen bitmap with `dirtybitmap map`, copy its dirty extents
              from snapshot:bk-N into DIR, release the snapshot, remove
              bk-(N-1).  (--variant full takes a full snapshot instead.)
+             Refused, before anything is done, when the chain's bitmap is
+             missing or no longer records writes (someone else took a
+             checkpoint): run `full`.  An export that grew is fine: the new
+             area is dirty, and the restore point has the new size.
 release      end what --keep-snapshot kept: the snapshots, and the bitmaps
              those backups read.
 restore      write restore point N (default: the latest) to IMAGE: the
              latest full backup at or before N, then each increment after
              it up to N, in order.
 
-Each restore point is the export exactly as it was at its checkpoint's
-cut, however busy the writers were during the copy.
+Each restore point is the export as it was at its checkpoint's cut,
+however busy the writers were during the copy.  The agent assumes it is
+the only one taking checkpoints named bk-N on the export.
 
 Every step survives a failure or a kill: DIR/op.json records the backup
 in progress and the step it reached (checkpoint, copy, commit, cleanup)
 and how much of the copy is durable.  Running the same command again
-finishes that backup: a checkpoint already taken is reused if its
-snapshot is still live (the copy resumes where it stopped); if the
-snapshot is gone (nbdkit restarted) or broken, it is released and a new
-checkpoint is taken, and the increment then covers the bitmaps of both
-(a full snapshot, read through the union of their dirty extents).
-Running the other command abandons the interrupted backup cleanly.
+finishes that backup (and prints its line): a checkpoint already taken
+is reused if its snapshot is still live (the copy resumes where it was
+recorded); if the snapshot is gone (nbdkit restarted) or broken, it is
+released and a new checkpoint is taken, and the increment then covers
+the bitmaps of both (a full snapshot, read through the union of their
+dirty extents).  Running the other command completes the interrupted
+backup if it was committed, or else abandons it (its checkpoint's bitmap
+then counts with the changes since the last restore point).
 DIR/chain.json holds the committed restore points; only one agent works
-in a DIR at a time (DIR/.lock).
+in a DIR at a time (DIR/.lock).  What a run could not release or remove
+(the server unreachable at the end) is retried by the next run.
 
 On success one JSON line goes to stdout.  On failure a message goes to
 stderr and the exit status is 1 (2 for bad usage); with --json the error
-goes to stdout instead, as {"error": MESSAGE, "step": STEP}.
+goes to stdout instead, as {"error": MESSAGE, "step": STEP}, STEP one of
+usage, setup, lock, state, connect, status, check, checkpoint, map,
+copy, release, commit, cleanup, abandon, restore.
 
 --keep-snapshot leaves the snapshot (and the bitmaps the increment read)
 in place, so that the backup can be checked against them; `release`
 ends them.  --progress shows a progress bar on stderr (python3-tqdm;
-without it, no bar); the default is a bar when stderr is a terminal.
---dirtybitmap names the dirtybitmap command (default: $DIRTYBITMAP, then
-`dirtybitmap` on PATH, then the one in the build tree beside this
-script).
+without it, no bar and a note); the default is a bar when stderr is a
+terminal.  --dirtybitmap names the dirtybitmap command (default:
+$DIRTYBITMAP, then `dirtybitmap` on PATH, then the one in the build tree
+beside this script).  --chunk-size is the size of each read and of each
+step of the copy recorded in op.json (default 4M).
 
 Test hooks: BACKUP_AGENT_KILL_AT=POINT kills the agent (SIGKILL) and
 BACKUP_AGENT_FAIL_AT=POINT makes it fail at POINT: checkpoint-sent (the
@@ -78,7 +92,6 @@ import socket
 import subprocess
 import sys
 import time
-from urllib.parse import quote
 
 CHUNK = 4 << 20
 MAX_REQUEST = 32 << 20          # the largest NBD read libnbd sends
@@ -548,10 +561,19 @@ def start_op(args, d, chain, ctl, st):
             variant = "full"
     else:
         variant = "full"
+    read = list(chain["pending"])
+    if getattr(args, "new_chain", False):
+        # A new chain drops every bitmap of this agent's (bk-N) but those
+        # kept with a snapshot: also those of a chain.json that could not
+        # be read.
+        kept = {b for k in chain["kept"] for b in k["bitmaps"]}
+        read += [b["name"] for b in st["bitmaps"]
+                 if re.fullmatch(re.escape(PREFIX) + r"[0-9]+", b["name"])
+                 and b["name"] not in read and b["name"] not in kept]
     chain["files"] += 1
     op = {"op": kind, "new_chain": bool(getattr(args, "new_chain", False)),
           "checkpoint": next_name(chain, st), "variant": variant,
-          "read": list(chain["pending"]), "step": "checkpoint",
+          "read": read, "step": "checkpoint",
           "file": str(chain["files"]), "size": None, "done": 0,
           "copied": 0, "chunk": args.chunk_size, "redone": 0,
           "keep": args.keep_snapshot,
@@ -581,6 +603,8 @@ def redo(d, chain, ctl, op, st, why):
             pass
     op["warnings"].append("snapshot %s: %s; a new checkpoint is taken"
                           % (op["checkpoint"], why))
+    if bitmap_of(st, op["checkpoint"]):
+        op["read"].append(op["checkpoint"])
     if op["op"] == "incremental" and len(op["read"]) > 1:
         op["variant"] = "full"
     remove_files(d, op)
@@ -681,9 +705,12 @@ def commit(args, d, chain, op):
             p.update(data=op["file"] + ".data", extents=op["file"] + ".json",
                      bitmaps=op["read"], variant=op["variant"])
         if op["new_chain"]:
-            for old in points:
-                chain["discard"] += [old[k] for k in ("image", "data",
-                                                      "extents") if k in old]
+            # Every earlier restore point's files go, also those of a
+            # chain.json that could not be read.
+            chain["discard"] = sorted(
+                f for f in os.listdir(d.path)
+                if re.fullmatch(r"[0-9]+\.(img|data|json)", f)
+                and f != p["image"])
             chain["points"] = points = []
         points.append(p)
         keep = bool(op.get("keep"))
@@ -768,8 +795,10 @@ def backup(args):
     new = bool(getattr(args, "new_chain", False))
     chain = d.load_chain(fresh_ok=new)
     op = d.load_op()
-    cli = find_dirtybitmap(args.dirtybitmap) \
-        if args.command == "incremental" else None
+    cli = None
+    if args.command == "incremental" and (op is None or op["op"] != "incremental"):
+        # A new incremental: refuse now rather than after its checkpoint.
+        cli = find_dirtybitmap(args.dirtybitmap)
     ctl = Control(args.control)
     step("status")
     st = ensure_file(args, ctl, ctl.status())
@@ -798,10 +827,10 @@ def backup(args):
         cleanup(d, chain, ctl, warnings)
         step("status")
         op = start_op(args, d, chain, ctl, ctl.status())
-    if op["op"] == "incremental" and cli is None:
-        cli = find_dirtybitmap(args.dirtybitmap)
     redos = 0
     while op["step"] in ("checkpoint", "copy"):
+        if op["op"] == "incremental" and cli is None:
+            cli = find_dirtybitmap(args.dirtybitmap)
         if op["step"] == "checkpoint":
             take_checkpoint(args, ctl, op)
             op["step"] = "copy"
