@@ -284,6 +284,15 @@ for label, x, y in ratios:
     P[label] = dict(zip(rr, v))
     print("| %s | %s | **%.3f** |" % (label, " | ".join("%.3f" % t for t in v), st.median(v)))
 print()
+# The same pairs in server CPU time per I/O (utime + stime of the whole
+# server process over the timed run / I/Os): less sensitive than IOPS to
+# how much of CPU 0 other processes take, on a shared machine.
+print("| paired ratio of server CPU us/IO | " + " | ".join("run %d" % i for i in rr) + " | median |")
+print("|---|" + "---|" * (len(rr) + 1))
+for label, x, y in ratios:
+    v = [R[x][i]["cpu"] / R[y][i]["cpu"] for i in rr if i in R.get(x, {}) and i in R.get(y, {})]
+    print("| %s | %s | **%.3f** |" % (label, " | ".join("%.3f" % t for t in v), st.median(v)))
+print()
 # Targets, per run and on the medians of the paired ratios.
 b_vs_q = [P["(b)/qemu-cbw"][i] >= 1 for i in rr]
 rel = [P["(b)/(a)"][i] >= P["qemu cbw/plain"][i] for i in rr]
@@ -372,11 +381,13 @@ if [ "$PERF" = 1 ]; then
     rm -f "$w/disk.raw"; truncate -s $size "$w/disk.raw"
     dd if=/dev/urandom of="$w/disk.raw" bs=1M count=1024 conv=notrunc,fsync status=none
     start_nbdkit filter; sync; ctl checkpoint perf --snapshot >/dev/null
-    perf record -q -g -o "$w/perf.data" -p "$pid" -- sleep "$RUNTIME" 2>/dev/null &
+    perf record -q -g -o "$w/perf.data" -p "$pid" -- sleep "$RUNTIME" 2>"$w/perf.err" &
     ppid=$!
     res=$(timed); wait $ppid || true
     echo; echo "perf (b) run: $res"
-    perf report -i "$w/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
-        grep -v '^#' | grep '%' | head -40
+    perf report -i "$w/perf.data" --no-children -g none --percent-limit 0.5 \
+        --sort dso,sym --stdio > "$w/perf.txt" 2>>"$w/perf.err" || true
+    grep -v -e '^#' -e '^$' "$w/perf.txt" | sed -n 1,40p || true
+    [ -s "$w/perf.txt" ] || { echo "no perf report:"; cat "$w/perf.err"; }
     ctl release perf >/dev/null; stop
 fi

@@ -33,7 +33,8 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
            ",\"bitmaps\":[",
            qcow2_layout_name (tr->img ? tr->img->layout : tr->cfg.layout),
            tr->cfg.mode == TRACKER_QEMU ? "qemu" : "crash-safe",
-           tracker_size (tr), tr->generation, tr->last_persist);
+           tr->img && tr->export_size ? tr->export_size : tracker_size (tr),
+           tr->generation, tr->last_persist);
   for (i = 0; tr->img && i < tr->img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &tr->img->bitmaps[i];
     bool tracked = false;

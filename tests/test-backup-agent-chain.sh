@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # backup-agent.py's chain management (crash-safe mode):
+#  - an interrupted first full: an incremental is refused, saying to run
+#    full, which finishes it;
 #  - a second full backup in the same chain, then incrementals on it;
 #  - an interrupted incremental abandoned by a full (its checkpoint joins
 #    the bitmaps the full consumes);
@@ -26,9 +28,16 @@ start_nbdkit pid sock file disk.img bitmap-file=$PWD/b.qcow2 bitmap-control=$ctl
 A="$AGENT --uri $uri --control $ctl --dir bk --keep-snapshot"
 
 # --- a chain: a full and 2 incrementals ------------------------------------
+# The full is interrupted, and an incremental cannot take its place (nor
+# abandon it): it says to run full, which finishes it.
 write_some
+BACKUP_AGENT_KILL_AT=copy:2 $A full > out 2>&1 || true
+[ -e bk/op.json ] || fail "the killed full left no op.json"
+expect_error 1 check $A incremental --json
+grep -q "run .full. (to finish the one interrupted)" err.json || fail "$(cat err.json)"
+[ -e bk/op.json ] && [ "$(snapshots)" = '["bk-1"]' ] || fail "the interrupted full was touched"
 $A full > out
-json_check "j['backup'] == 0 and j['checkpoint'] == 'bk-1'" < out
+json_check "j['backup'] == 0 and j['checkpoint'] == 'bk-1' and j['resumed']" < out
 keep 0
 for n in 1 2; do
     write_some

@@ -26,7 +26,7 @@ requires nbdinfo --version
 requires "$PYTHON" -c "import nbd"
 source "$srcdir/test-backup-agent-lib.sh"
 
-truncate -s 32M disk.img
+truncate -s 16M disk.img
 ctl=$PWD/ctl sock=$PWD/sock uri="nbd+unix:///?socket=$PWD/sock"
 start () {
     rm -f sock              # nbdkit leaves its socket behind

@@ -24,7 +24,7 @@ requires nbdcopy --version
 requires nbdinfo --version
 requires "$PYTHON" -c "import nbd"
 source "$srcdir/test-backup-agent-lib.sh"
-SIZE=$((32 << 20))
+SIZE=$((16 << 20))
 
 for mode in crash-safe qemu; do
     rm -rf bk disk.img b.qcow2 restored.* sums

@@ -144,4 +144,12 @@ PY
 $D checkpoint ctl2 y --snapshot || fail "snapshot before any writer"
 nbdinfo --list "nbd+unix:///?socket=$PWD/sock.b" | grep -q 'snapshot:y' ||
     fail "snapshot:y not listed"
+kill_nbdkit "$(cat pid.b)"
+# status reports the export's real size, not rounded up to 512 bytes.
+start_nbdkit pid.c sock.c memory 1000001 bitmap-file=$PWD/odd.qcow2 \
+    bitmap-control=$PWD/ctl3
+$D checkpoint ctl3 o1
+$D status ctl3 > st.json
+/usr/bin/python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["export_size"] == 1000001, s' st.json ||
+    fail "export_size: $(cat st.json)"
 echo OK

@@ -804,6 +804,12 @@ def backup(args):
     st = ensure_file(args, ctl, ctl.status())
     warnings = []
     resumed = False
+    if args.command == "incremental" and not chain["points"] and not (
+            op and op["op"] == "full" and op["step"] in ("commit", "cleanup")):
+        step("check")
+        raise AgentError("no full backup in %s yet: run `full`%s" % (
+            d.path, " (to finish the one interrupted)"
+            if op and op["op"] == "full" else " first"))
     if op is not None and op["op"] == args.command:
         # Finish the interrupted backup: that is what this run is for.
         resumed = True
