@@ -214,6 +214,31 @@ bitmap_count (const struct bitmap *bm)
   return n;
 }
 
+uint64_t
+bitmap_count_range (const struct bitmap *bm, uint64_t first, uint64_t end)
+{
+  uint64_t n = 0, w;
+
+  if (end > bm->nbits)
+    end = bm->nbits;
+  for (w = first >> 6; first < end && w <= (end - 1) >> 6; ++w) {
+    uint64_t leaf = w / BITMAP_LEAF_WORDS, v, lo, hi;
+    _Atomic uint64_t *words = atomic_load (&bm->leaves[leaf]);
+
+    if (words == NULL) {
+      w = (leaf + 1) * BITMAP_LEAF_WORDS - 1;   /* skip the absent leaf */
+      continue;
+    }
+    v = atomic_load (&words[w % BITMAP_LEAF_WORDS]);
+    lo = w * 64 < first ? first - w * 64 : 0;
+    hi = (w + 1) * 64 > end ? end - w * 64 : 64;
+    v &= (~UINT64_C (0) << lo) & (hi == 64 ? ~UINT64_C (0)
+                                  : (UINT64_C (1) << hi) - 1);
+    n += __builtin_popcountll (v);
+  }
+  return n;
+}
+
 int
 bitmap_import (struct bitmap *bm, uint64_t byte_offset,
                const unsigned char *buf, size_t len)

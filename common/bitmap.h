@@ -82,6 +82,10 @@ extern uint64_t bitmap_find (const struct bitmap *bm, uint64_t start,
 /* Number of set bits. */
 extern uint64_t bitmap_count (const struct bitmap *bm);
 
+/* Number of set bits in [FIRST, END) (clipped to nbits). */
+extern uint64_t bitmap_count_range (const struct bitmap *bm, uint64_t first,
+                                    uint64_t end);
+
 /* OR LEN bytes of qcow2-order bitmap data into the bitmap at bitmap byte
  * BYTE_OFFSET.  Bits at or beyond nbits are ignored.
  */

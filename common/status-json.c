@@ -12,6 +12,30 @@
 #include "json-string.h"
 #include "tracker-internal.h"
 
+/* crash-safe: bytes the file shows dirty beyond the exact bits, because
+ * their region is (or may be) written all-ones: what a reader of the
+ * enabled bitmap in the file, or a restart after a crash, sees extra.
+ */
+static uint64_t
+premarked_bytes (const struct tracked_state *st)
+{
+  const struct bitmap *bm = st->bits;
+  uint64_t rbits = UINT64_C (1) << st->region_shift, r, n = 0;
+
+  for (r = 0; r < st->nregions; ++r) {
+    uint64_t first = r * rbits, end = first + rbits;
+
+    /* ARMED, or ARMING or left all-ones by a failed exact write. */
+    if (!(((atomic_load (&st->armed[r >> 6]) |
+            atomic_load (&st->ones[r >> 6])) >> (r & 63)) & 1))
+      continue;
+    if (end > bm->nbits)
+      end = bm->nbits;
+    n += (end - first) - bitmap_count_range (bm, first, end);
+  }
+  return n << bm->granularity_bits;
+}
+
 char *
 tracker_status_json (struct tracker *tr, struct dbm_err *err)
 {
@@ -38,10 +62,14 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
   for (i = 0; tr->img && i < tr->img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &tr->img->bitmaps[i];
     bool tracked = false;
-    uint64_t dirty = 0;
+    uint64_t dirty = 0, premarked = 0;
 
     for (k = 0; k < s->nt; ++k)
-      tracked |= s->t[k].st->idx == (int) i;
+      if (s->t[k].st->idx == (int) i) {
+        tracked = true;
+        if (tr->cfg.mode == TRACKER_CRASH_SAFE)
+          premarked = premarked_bytes (s->t[k].st);
+      }
     if (b->bits && !b->inconsistent) {
       dirty = bitmap_count (b->bits) << b->granularity_bits;
       if (dirty > b->size)
@@ -50,11 +78,12 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
     fputs (i ? ",{\"name\":" : "{\"name\":", f);
     json_put_string (f, b->name);
     fprintf (f, ",\"granularity\":%" PRIu64 ",\"enabled\":%s,\"in_use\":%s,"
-             "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 "}",
+             "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 ","
+             "\"premarked_bytes\":%" PRIu64 "}",
              UINT64_C (1) << b->granularity_bits,
              qcow2_bitmap_enabled (tr->img, b) ? "true" : "false",
              (b->flags & BME_FLAG_IN_USE) ? "true" : "false",
-             tracked ? "true" : "false", dirty);
+             tracked ? "true" : "false", dirty, premarked);
   }
   fputs ("]}", f);
   if (fclose (f) != 0) {

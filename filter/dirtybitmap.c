@@ -55,8 +55,12 @@ static unsigned snapshot_granule_bits = 16;
 static struct tracker *tracker;
 static struct snapshots snaps;          /* initialised with tracker */
 
+/* Connections that may write (counted in prepare, for status). */
+static _Atomic unsigned writers;
+
 struct conn {
   bool untracked;               /* served read-only: see prepare */
+  bool writer;                  /* counted in writers */
   struct snapshot *snap;        /* a snapshot's export: see open */
 };
 static pthread_mutex_t size_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -448,7 +452,7 @@ status_line (struct dbm_err *err)
     return NULL;
   }
   fwrite (t, 1, tlen - 1, f);
-  fputs (",\"snapshots\":", f);
+  fprintf (f, ",\"writers\":%u,\"snapshots\":", atomic_load (&writers));
   snapshots_json (&snaps, f);
   fputc ('}', f);
   if (fclose (f) != 0) {
@@ -759,7 +763,10 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
     c->untracked = true;
     nbdkit_error ("dirtybitmap: the export is served read-only: writes to "
                   "it could not be recorded");
+    return 0;
   }
+  c->writer = true;
+  atomic_fetch_add (&writers, 1);
   return 0;
 }
 
@@ -806,6 +813,8 @@ dirtybitmap_close (void *handle)
 
   if (c->snap)
     snapshot_unref (c->snap, true);
+  if (c->writer)
+    atomic_fetch_sub (&writers, 1);
   free (c);
 }
 

@@ -152,4 +152,41 @@ $D checkpoint ctl3 o1
 $D status ctl3 > st.json
 /usr/bin/python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["export_size"] == 1000001, s' st.json ||
     fail "export_size: $(cat st.json)"
+kill_nbdkit "$(cat pid.c)"
+# status says how many writers are connected, and (crash-safe) how many
+# bytes the file shows dirty only because their region is pre-marked.
+start_nbdkit pid.d sock.d memory 64M bitmap-file=$PWD/pm.qcow2 \
+    bitmap-control=$PWD/ctl4 bitmap-region=4M
+"$PYTHON" - "nbd+unix:///?socket=$PWD/sock.d" ctl4 <<'PY' || fail "writers/premarked_bytes"
+import json, socket, sys, nbd
+def status():
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])
+    s.sendall(b"status\n"); r = b""
+    while not r.endswith(b"\n"):
+        r += s.recv(65536)
+    return json.loads(r)
+def ask(line):
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])
+    s.sendall(line.encode() + b"\n"); r = b""
+    while not r.endswith(b"\n"):
+        r += s.recv(65536)
+    return r.decode().strip()
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(b"x" * 4096, 0)
+st = status()
+b = [x for x in st["bitmaps"] if x["tracked"]][0]
+assert st["writers"] == 1, st
+# One 64K granule dirty in a 4M region written all-ones: 63 granules extra.
+assert b["dirty_bytes"] == 65536 and b["premarked_bytes"] == 63 * 65536, b
+assert ask("persist") == "ok"
+b = [x for x in status()["bitmaps"] if x["tracked"]][0]
+assert b["premarked_bytes"] == 0, b
+h.shutdown()
+import time
+for i in range(100):
+    if status()["writers"] == 0:
+        break
+    time.sleep(0.05)
+assert status()["writers"] == 0
+PY
 echo OK
