@@ -85,6 +85,7 @@ snapshot_new (const char *name, uint64_t size, unsigned granule_bits,
   }
   pthread_mutex_init (&s->lock, NULL);
   pthread_cond_init (&s->cond, NULL);
+  s->inited = true;
   s->max_bytes = max_bytes;
   s->state = SNAPSHOT_ACTIVE;
   *snapp = s;
@@ -454,9 +455,15 @@ snapshot_release (struct snapshot *s)
   pthread_cond_broadcast (&s->cond);
   while (s->ops > 0)
     pthread_cond_wait (&s->cond, &s->lock);
-  /* Nothing reads or writes the store now: give its space back. */
-  if (ftruncate (s->fd, 0) == -1) {
-    /* the space comes back when the descriptor closes (snapshot_unref) */
+  /* Nothing reads or writes the store now, nor will (every path checks
+   * the state first): give its space back at once.
+   */
+  if (s->fd >= 0) {
+    if (ftruncate (s->fd, 0) == -1) {
+      /* closing it below gives the space back all the same */
+    }
+    close (s->fd);
+    s->fd = -1;
   }
 }
 
@@ -507,11 +514,12 @@ snapshot_free (struct snapshot *s)
     free (s->blocks[b]);
   }
   free (s->blocks);
-  if (s->fd >= 0) {
+  if (s->inited) {
     pthread_mutex_destroy (&s->lock);
     pthread_cond_destroy (&s->cond);
-    close (s->fd);
   }
+  if (s->fd >= 0)
+    close (s->fd);
   bitmap_delete (s->readable);
   for (b = 0; s->frozen && s->frozen[b]; ++b)
     free (s->frozen[b]);
@@ -526,7 +534,7 @@ snapshot_unref (struct snapshot *s, bool reader)
 {
   bool last;
 
-  if (s->fd == -1) {            /* never initialised: snapshot_new failed */
+  if (!s->inited) {             /* snapshot_new failed */
     snapshot_free (s);
     return;
   }

@@ -70,7 +70,8 @@ struct snapshot {
    */
   struct bitmap *readable;
   uint64_t max_bytes;           /* bitmap-snapshot-max, 0 for none */
-  int fd;                       /* the store: unlinked, sparse */
+  int fd;                       /* the store: unlinked; -1 once released */
+  bool inited;                  /* lock and cond initialised */
   char *dir;                    /* where the store is */
   /* The bitmaps its checkpoint disabled (NULL-terminated; set by the
    * creator before it is published, freed with it): what changed up to
@@ -135,8 +136,8 @@ extern bool snapshot_untouched (struct snapshot *s, uint64_t offset,
 /* Mark S broken, saying WHY (the first cause is kept). */
 extern void snapshot_break (struct snapshot *s, const char *why);
 
-/* End S: it copies nothing more and every read fails; the store's space
- * is freed once no read or copy is inside.
+/* End S: it copies nothing more and every read fails; the store is
+ * closed (its space freed) once no read or copy is inside.
  */
 extern void snapshot_release (struct snapshot *s);
 

@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +28,9 @@ drop_owner_ref (void *p)
   snapshot_unref (p, false);
 }
 
-/* A copy of A (which may be NULL) with S added, or without S. */
+/* A copy of A (which may be NULL) with S added, or without S, and the
+ * snapshot being added when FREEZING.
+ */
 static struct snapshot_array *
 array_with (const struct snapshot_array *a, struct snapshot *add,
             struct snapshot *without, bool freezing)
@@ -41,10 +44,11 @@ array_with (const struct snapshot_array *a, struct snapshot *add,
   for (i = 0; i < n; ++i)
     if (a->s[i] != without)
       b->s[k++] = a->s[i];
-  if (add)
+  if (add && !freezing)
     b->s[k++] = add;
   b->n = k;
   b->freezing = freezing;
+  b->adding = freezing ? add : NULL;
   return b;
 }
 
@@ -54,7 +58,7 @@ publish (struct snapshots *ss, struct snapshot_array *b)
 {
   struct snapshot_array *old;
 
-  if (b && b->n == 0) {
+  if (b && b->n == 0 && !b->freezing) {
     free (b);
     b = NULL;
   }
@@ -66,26 +70,37 @@ publish (struct snapshots *ss, struct snapshot_array *b)
 }
 
 int
-snapshots_add (struct snapshots *ss, struct snapshot *s, struct dbm_err *err)
+snapshots_freeze (struct snapshots *ss, struct snapshot *s,
+                  struct dbm_err *err)
 {
   struct snapshot_array *a = atomic_load (&ss->live);
   struct snapshot_array *frozen = array_with (a, s, NULL, true);
-  struct snapshot_array *thawed = array_with (a, s, NULL, false);
 
-  if (frozen == NULL || thawed == NULL) {
-    free (frozen);
-    free (thawed);
+  assert (a == NULL || !a->freezing);
+  if (frozen == NULL)
     return dbm_seterr (err, ENOMEM, "out of memory");
-  }
   tracker_hold_slow_path (ss->tr, true);        /* step 1 */
-  publish (ss, frozen);                         /* step 2 */
-  epoch_barrier ();                             /* step 3 */
-  {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&ss->lock);
-    publish (ss, thawed);                       /* step 4 */
-    pthread_cond_broadcast (&ss->thawed);
-  }
+  publish (ss, frozen);
+  epoch_barrier ();                             /* step 2 */
   return 0;
+}
+
+void
+snapshots_thaw (struct snapshots *ss, bool keep)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&ss->lock);
+  struct snapshot_array *a = atomic_load (&ss->live), *b;
+
+  assert (a && a->freezing && a->adding);
+  /* Step 4.  Published arrays are immutable, so a new one is needed;
+   * the freeze must end, so a failed allocation is retried.
+   */
+  while ((b = array_with (a, keep ? a->adding : NULL, NULL, false)) == NULL)
+    sched_yield ();
+  publish (ss, b);
+  if (!keep)
+    tracker_hold_slow_path (ss->tr, false);
+  pthread_cond_broadcast (&ss->thawed);
 }
 
 int

@@ -7,20 +7,26 @@
  * reached the plugin (the filter's fast path too: tracker.h,
  * tracker_slot_enter_noop).
  *
- * The freeze of a new snapshot S (snapshots_add), after its checkpoint's
- * cut, with the caller's serialisation of changes:
- *   1. the tracker's fast path is held off (every write loads LIVE);
- *   2. LIVE is published with S and FREEZING set;
- *   3. epoch_barrier: every writer inside has left.  One that saw the old
+ * The freeze of a new snapshot S, around its checkpoint's cut, with the
+ * caller's serialisation of changes:
+ *   1. (snapshots_freeze) the tracker's fast path is held off (every
+ *      write loads LIVE), and LIVE is published with S as ADDING and
+ *      FREEZING set;
+ *   2. epoch_barrier: every writer inside has left.  One that saw the old
  *      array forwarded without copying for S: its data is in the export
- *      before the freeze ends, so S holds it.  One that saw FREEZING left
- *      without forwarding, waits for the thaw and starts over (marking
- *      again, so its bits are in the new set);
- *   4. LIVE is published with FREEZING clear, waiters are woken: from
- *      now every write copies for S first.
- * So a write is in S (it reached the export before step 4), or it was
- * marked after the cut (it started over after step 3, or entered after
- * step 2): every write the new bitmap lacks is in the snapshot.
+ *      now.  One that saw FREEZING left without marking anything that
+ *      counts: it waits for the thaw and starts over.  No write is in
+ *      flight and none starts;
+ *   3. the caller takes the checkpoint: the cut, and the old bitmaps
+ *      saved, with no writer between them;
+ *   4. (snapshots_thaw) LIVE is published with S live (or, if the
+ *      checkpoint failed, without it) and FREEZING clear; waiters are
+ *      woken and start over: they mark the new bitmap and copy for S.
+ * So the snapshot, the old bitmaps as saved and the new bitmap all meet
+ * at one instant: every write before it is in the export when S is
+ * frozen and in the old bitmaps; every write after it is copied for S
+ * first and recorded in the new bitmap.  Writes pause from step 1 to
+ * step 4 (the checkpoint's save).
  */
 #ifndef DBM_SNAPSHOTS_H
 #define DBM_SNAPSHOTS_H
@@ -34,6 +40,7 @@
 
 struct snapshot_array {
   bool freezing;
+  struct snapshot *adding;      /* FREEZING: the one not yet live */
   size_t n;
   struct snapshot *s[];
 };
@@ -50,9 +57,14 @@ extern void snapshots_init (struct snapshots *ss, struct tracker *tr);
 /* Free every snapshot and array: no writer or reader is left. */
 extern void snapshots_fini (struct snapshots *ss);
 
-/* Make S live (the freeze above).  The caller serialises changes. */
-extern int snapshots_add (struct snapshots *ss, struct snapshot *s,
-                          struct dbm_err *err);
+/* Steps 1 and 2 above: from the return, no write is in flight or
+ * starts until snapshots_thaw.  The caller serialises changes.
+ */
+extern int snapshots_freeze (struct snapshots *ss, struct snapshot *s,
+                             struct dbm_err *err);
+
+/* Step 4: S live if KEEP, else forgotten (the caller still owns it). */
+extern void snapshots_thaw (struct snapshots *ss, bool keep);
 
 /* End the snapshot named NAME: unpublished, its store freed.  -1 with
  * ENOENT if there is none.  The caller serialises changes.

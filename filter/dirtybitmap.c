@@ -477,7 +477,7 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
   struct snapshot *s = NULL;
   struct bitmap *readable = NULL;
   uint64_t size = tracker_export_size (tracker);
-  bool taken, first = snapshots_count (&snaps) == 0;
+  bool taken, keep, first = snapshots_count (&snaps) == 0;
   int r;
 
   /* No client yet: the file is made from the size learnt at start. */
@@ -507,8 +507,10 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
     snapshot_unref (s, false);
     return -1;
   }
-  r = tracker_checkpoint_frozen (tracker, name, g, readable, &taken, err);
-  if (!taken || (r == -1 && err->errnum == ENOMEM)) {
+  /* Writers pause from here to the thaw: the cut, the save of the old
+   * bitmaps and the snapshot meet at one instant (snapshots.h).
+   */
+  if (snapshots_freeze (&snaps, s, err) == -1) {
     struct dbm_err ignored;
 
     snapshot_unref (s, false);
@@ -516,8 +518,15 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
       tracker_note_snapshots (tracker, false, &ignored);
     return -1;
   }
-  if (snapshots_add (&snaps, s, err) == -1) {
+  r = tracker_checkpoint_frozen (tracker, name, g, readable, &taken, err);
+  keep = taken && !(r == -1 && err->errnum == ENOMEM);
+  snapshots_thaw (&snaps, keep);
+  if (!keep) {
+    struct dbm_err ignored;
+
     snapshot_unref (s, false);
+    if (first)
+      tracker_note_snapshots (tracker, false, &ignored);
     return -1;
   }
   log_note ("%s: snapshot '%s' (%s, %" PRIu64 " bytes) is served as export "

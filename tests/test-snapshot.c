@@ -272,6 +272,7 @@ static void
 test_release (void)
 {
   struct snapshot *s;
+  int fd;
   struct snapshot_info i;
   struct stat st;
   unsigned char buf[100];
@@ -283,8 +284,11 @@ test_release (void)
   snapshot_ref (s, true);                       /* a reader */
   write_disk (s, 0, 1, 'a');
   CHECK (fstat (s->fd, &st) == 0 && st.st_size > 0);
+  fd = dup (s->fd);
   snapshot_release (s);
-  CHECK (fstat (s->fd, &st) == 0 && st.st_size == 0);
+  CHECK (fstat (fd, &st) == 0 && st.st_size == 0);    /* space given back */
+  CHECK (s->fd == -1);                                  /* and closed */
+  close (fd);
   CHECK (snapshot_read (s, buf, 100, 0, read_disk, NULL, &err, msg,
                         sizeof msg) == -1);
   CHECK_EQ (err, EIO);
@@ -378,7 +382,8 @@ adder (void *arg)
 {
   struct dbm_err err;
 
-  CHECK (snapshots_add (&ss, arg, &err) == 0);
+  CHECK (snapshots_freeze (&ss, arg, &err) == 0);
+  snapshots_thaw (&ss, true);
   added = true;
   return NULL;
 }
@@ -420,9 +425,27 @@ test_freeze (void)
   CHECK (added);
   CHECK (snapshots_before_write (&ss, 0, 1, read_disk, NULL));
   CHECK (snapshots_count (&ss) == 1);
+  CHECK_EQ (atomic_load (&tr->slow_holds), 1);
+  /* A freeze whose checkpoint failed: writes held meanwhile, then the
+   * snapshot is forgotten and the fast path hold given back.
+   */
+  {
+    struct snapshot *s2 = new_snap (0, NULL);
+
+    CHECK (snapshots_freeze (&ss, s2, &err) == 0);
+    CHECK (!snapshots_before_write (&ss, 0, 1, read_disk, NULL));
+    CHECK (snapshots_open (&ss, "s") != NULL);  /* the live one, still */
+    snapshot_unref (s, true);
+    snapshots_thaw (&ss, false);
+    CHECK (snapshots_before_write (&ss, 0, 1, read_disk, NULL));
+    CHECK_EQ (snapshots_count (&ss), 1);
+    CHECK_EQ (atomic_load (&tr->slow_holds), 1);
+    snapshot_unref (s2, false);
+  }
   CHECK (snapshots_release (&ss, "s", &err) == 0);
   CHECK (snapshots_release (&ss, "s", &err) == -1 && err.errnum == ENOENT);
   CHECK (snapshots_count (&ss) == 0);
+  CHECK_EQ (atomic_load (&tr->slow_holds), 0);
   snapshots_fini (&ss);
   tracker_free (tr);
   unlink (path);
