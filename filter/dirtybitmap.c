@@ -57,6 +57,10 @@ static struct snapshots snaps;          /* initialised with tracker */
 
 /* Connections that may write (counted in prepare, for status). */
 static _Atomic unsigned writers;
+/* The quit signal came: nbdkit waits for its clients to leave (status
+ * says so, so that dirtybitmap serve lets its qemu-nbd go).
+ */
+static _Atomic bool quitting;
 
 struct conn {
   bool untracked;               /* served read-only: see prepare */
@@ -410,6 +414,7 @@ persist_loop (void *arg)
     if (r > 0) {
       if (read (quit_pipe[0], &c, 1) == 1 && c == 's')
         break;                  /* .cleanup stops us */
+      atomic_store (&quitting, true);
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
       if (tracker_quiesce (tracker, &err) == -1)
         nbdkit_error ("%s", err.msg);
@@ -452,7 +457,8 @@ status_line (struct dbm_err *err)
     return NULL;
   }
   fwrite (t, 1, tlen - 1, f);
-  fprintf (f, ",\"writers\":%u,\"snapshots\":", atomic_load (&writers));
+  fprintf (f, ",\"writers\":%u,\"quitting\":%s,\"snapshots\":",
+           atomic_load (&writers), atomic_load (&quitting) ? "true" : "false");
   snapshots_json (&snaps, f);
   fputc ('}', f);
   if (fclose (f) != 0) {

@@ -135,5 +135,17 @@ grep -q -- "--from http://x: expected" err || fail "bad from: $(cat err)"
 rc=0; $D serve ctl bk-2 --socket $PWD/q2.sock 2> err || rc=$?
 [ $rc -eq 2 ] || fail "missing --from: exit $rc, not a usage error"
 grep -q "needs --from" err || fail "usage: $(cat err)"
-$D release ctl bk-2
+# nbdkit told to quit waits for its clients: serve lets qemu-nbd go, so
+# that nbdkit can finish.
+$D serve ctl bk-2 --from "$uri" --socket $PWD/q3.sock > serve3.out 2> serve3.err &
+spid=$!
+cleanup_fn "kill $spid 2>/dev/null"
+for i in $(seq 300); do [ -s serve3.out ] && break; sleep 0.1; done
+[ -s serve3.out ] || { cat serve3.err; fail "serve did not come up"; }
+kill "$(cat pid)"
+for i in $(seq 300); do kill -0 "$(cat pid)" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$(cat pid)" 2>/dev/null && fail "nbdkit still waiting for serve's qemu-nbd"
+rc=0; wait $spid || rc=$?
+[ $rc = 1 ] || fail "serve exit $rc when nbdkit quit"
+grep -q "nbdkit is shutting down" serve3.err || fail "serve: $(cat serve3.err)"
 echo OK

@@ -993,8 +993,12 @@ cmd_release (int argc, char **argv)
          "store is freed.\n");
   CLEANUP_FREE char *line = NULL;
 
-  if (check_word ("release", argv[optind + 1]) == -1)
+  struct dbm_err err;
+
+  if (dbm_check_name ("release", argv[optind + 1], &err) == -1) {
+    print_err (&err);
     return EXIT_USAGE;
+  }
   if (asprintf (&line, "release %s", argv[optind + 1]) == -1) {
     fprintf (stderr, "%s: out of memory\n", prog);
     return 1;

@@ -27,6 +27,7 @@
 
 #include "cleanup.h"
 #include "control-client.h"
+#include "json-string.h"
 #include "serve.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -39,7 +40,7 @@ on_signal (int sig)
 
 /* What serve needs of the status line. */
 struct snap_view {
-  bool found, active;
+  bool found, active, quitting;
   char file[4096];
   char reason[512];
   char *frozen[64];
@@ -95,6 +96,11 @@ look (const char *ctl, const char *name, struct snap_view *v, char *msg,
     return -1;
   }
   snprintf (v->file, sizeof v->file, "%s", file);
+  {
+    json_object *q;
+    v->quitting = json_object_object_get_ex (root, "quitting", &q) &&
+      json_object_get_boolean (q);
+  }
   for (i = 0; i < json_object_array_length (snaps); ++i) {
     json_object *s = json_object_array_get_idx (snaps, i), *fr;
     const char *n = get_string (s, "name"), *st = get_string (s, "state");
@@ -119,6 +125,23 @@ look (const char *ctl, const char *name, struct snap_view *v, char *msg,
   return 0;
 }
 
+/* S for a QEMU option value: commas doubled (malloc'd). */
+static char *
+opt_escape (const char *s)
+{
+  char *out = malloc (2 * strlen (s) + 1), *p = out;
+
+  if (out == NULL)
+    return NULL;
+  for (; *s; ++s) {
+    *p++ = *s;
+    if (*s == ',')
+      *p++ = ',';
+  }
+  *p = '\0';
+  return out;
+}
+
 /* The data source: the filter's snapshot export, from --from URI
  * (nbd+unix:///?socket=PATH, or nbd://HOST[:PORT]).
  */
@@ -131,12 +154,14 @@ backing_opts (const char *from, const char *export, char **out, char *msg,
 
   if (strncmp (from, "nbd+unix://", 11) == 0 &&
       (q = strstr (from, "socket=")) != NULL) {
-    CLEANUP_FREE char *path = strdup (q + 7);
+    CLEANUP_FREE char *path = strdup (q + 7), *esc = NULL;
     if (path == NULL)
       return -1;
     path[strcspn (path, "&")] = '\0';
+    if ((esc = opt_escape (path)) == NULL)
+      return -1;
     r = asprintf (out, "backing.file.server.type=unix,"
-                  "backing.file.server.path=%s", path);
+                  "backing.file.server.path=%s", esc);
   }
   else if (strncmp (from, "nbd://", 6) == 0) {
     CLEANUP_FREE char *host = strdup (from + 6);
@@ -160,8 +185,10 @@ backing_opts (const char *from, const char *export, char **out, char *msg,
   if (r == -1)
     return -1;
   {
+    CLEANUP_FREE char *esc = opt_escape (export);
     char *full;
-    if (asprintf (&full, "%s,backing.file.export=%s", *out, export) == -1)
+    if (esc == NULL ||
+        asprintf (&full, "%s,backing.file.export=%s", *out, esc) == -1)
       return -1;
     free (*out);
     *out = full;
@@ -203,7 +230,7 @@ serve_snapshot (const struct serve_opts *o)
 {
   struct snap_view v;
   char msg[1024] = "", export[1100];
-  CLEANUP_FREE char *backing = NULL, *image = NULL;
+  CLEANUP_FREE char *backing = NULL, *image = NULL, *file = NULL;
   const char *argv[32 + 2 * 64];
   struct sigaction sa = { .sa_handler = on_signal };
   size_t n = 0, i;
@@ -229,9 +256,10 @@ serve_snapshot (const struct serve_opts *o)
   }
   snprintf (export, sizeof export, "snapshot:%s", o->name);
   if (backing_opts (o->from, export, &backing, msg, sizeof msg) == -1 ||
+      (file = opt_escape (v.file)) == NULL ||
       asprintf (&image, "driver=qcow2,file.driver=file,file.filename=%s,"
                 "file.locking=off,backing.driver=raw,"
-                "backing.file.driver=nbd,%s", v.file, backing) == -1) {
+                "backing.file.driver=nbd,%s", file, backing) == -1) {
     fprintf (stderr, "dirtybitmap serve: %s\n",
              msg[0] ? msg : "out of memory");
     free_view (&v);
@@ -290,8 +318,10 @@ serve_snapshot (const struct serve_opts *o)
           o->port ? "nbd://" : "nbd+unix:///?socket=",
           o->port ? (o->bind ? o->bind : "localhost") : o->socket,
           o->port ? ":" : "", o->port ? o->port : "", (int) pid);
-  for (i = 0; i < v.nfrozen; ++i)
-    printf (",\"qemu:dirty-bitmap:%s\"", v.frozen[i]);
+  for (i = 0; i < v.nfrozen; ++i) {
+    fputc (',', stdout);
+    json_put_prefixed (stdout, "qemu:dirty-bitmap:", v.frozen[i]);
+  }
   printf ("]}\n");
   fflush (stdout);
   free_view (&v);
@@ -319,6 +349,12 @@ serve_snapshot (const struct serve_opts *o)
       break;
     }
     free_view (&now);
+    if (now.quitting) {
+      fprintf (stderr, "dirtybitmap serve: nbdkit is shutting down; "
+               "stopping\n");
+      rc = 1;
+      break;
+    }
     if (!now.found) {
       fprintf (stderr, "dirtybitmap serve: snapshot '%s' released; "
                "stopping\n", o->name);
