@@ -170,12 +170,40 @@ all_zero (const unsigned char *p, size_t len)
   return len == 0 || (p[0] == 0 && memcmp (p, p + 1, len - 1) == 0);
 }
 
+/* Wait on cond (lock held), counted so that wake-ups are only sent to
+ * someone.
+ */
+static void
+wait_cond (struct snapshot *s)
+{
+  s->waiting++;
+  pthread_cond_wait (&s->cond, &s->lock);
+  s->waiting--;
+}
+
+static void
+wake (struct snapshot *s)
+{
+  if (s->waiting)
+    pthread_cond_broadcast (&s->cond);
+}
+
 static void
 leave_op (struct snapshot *s)
 {
   assert (s->ops > 0);
   if (--s->ops == 0)
-    pthread_cond_broadcast (&s->cond);
+    wake (s);
+}
+
+void
+snapshot_seal (struct snapshot *s)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
+
+  s->nwanted = s->readable ? bitmap_count (s->readable) : s->ngranules;
+  if (s->preserved >= s->nwanted)
+    atomic_store (&s->complete, true);
 }
 
 /* Preserve granule G, which this writer set COPYING (lock held; dropped
@@ -224,17 +252,16 @@ copy_granule (struct snapshot *s, uint64_t g, unsigned char *buf,
     assert (false);
     abort ();
   }
-  if (is_preserved (v))
-    s->preserved++;
-  pthread_cond_broadcast (&s->cond);
+  if (is_preserved (v) && ++s->preserved >= s->nwanted && s->nwanted)
+    atomic_store (&s->complete, true);
+  wake (s);
   return broke;
 }
 
-bool
-snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
-                       snapshot_read_fn read, void *ctx)
+static bool
+before_write_locked (struct snapshot *s, uint64_t offset, uint64_t count,
+                     snapshot_read_fn read, void *ctx)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
   CLEANUP_FREE unsigned char *buf = NULL;
   uint64_t g, first, last, end;
   bool broke = false;
@@ -252,7 +279,7 @@ snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
       continue;
     while ((v = slot_get (s, g)) == SLOT_COPYING &&
            s->state == SNAPSHOT_ACTIVE)
-      pthread_cond_wait (&s->cond, &s->lock);
+      wait_cond (s);
     if (v != SLOT_NONE || s->state != SNAPSHOT_ACTIVE)
       continue;
     if (buf == NULL && (buf = malloc (granule_size (s))) == NULL) {
@@ -268,6 +295,19 @@ snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
   }
   leave_op (s);
   return broke;
+}
+
+bool
+snapshot_before_write (struct snapshot *s, uint64_t offset, uint64_t count,
+                       snapshot_read_fn read, void *ctx)
+{
+  /* Preserved granules never change back while it is active, and a
+   * complete snapshot has nothing left to copy.
+   */
+  if (atomic_load (&s->complete))
+    return false;
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
+  return before_write_locked (s, offset, count, read, ctx);
 }
 
 static int
@@ -356,7 +396,7 @@ snapshot_read (struct snapshot *s, void *buf, uint32_t count,
       break;
     }
     if (v == SLOT_COPYING) {
-      pthread_cond_wait (&s->cond, &s->lock);
+      wait_cond (s);
       continue;
     }
     gend = (g + 1) << s->granule_bits;
@@ -454,7 +494,7 @@ snapshot_release (struct snapshot *s)
   s->state = SNAPSHOT_RELEASED;
   pthread_cond_broadcast (&s->cond);
   while (s->ops > 0)
-    pthread_cond_wait (&s->cond, &s->lock);
+    wait_cond (s);
   /* Nothing reads or writes the store now, nor will (every path checks
    * the state first): give its space back at once.
    */

@@ -88,6 +88,12 @@ struct snapshot {
   uint64_t next_slot;           /* store slots used */
   uint64_t preserved;           /* granules preserved (zero or stored) */
   uint64_t ops;                 /* reads and copies inside, not locked */
+  unsigned waiting;             /* threads in pthread_cond_wait */
+  uint64_t nwanted;             /* granules to preserve (snapshot_seal) */
+  /* Every wanted granule is preserved: writers need not even lock.  Set
+   * under lock, once; read without.
+   */
+  _Atomic bool complete;
   unsigned readers;             /* connections open on it */
   unsigned refs;                /* the owner's, and each reader's */
   uint64_t map_bytes;           /* heap of the slot map */
@@ -132,6 +138,11 @@ extern void snapshot_map (struct snapshot *s, uint64_t offset, uint64_t count,
 /* Is every granule of [offset, offset+count) still not preserved? */
 extern bool snapshot_untouched (struct snapshot *s, uint64_t offset,
                                 uint64_t count);
+
+/* S is about to go live (its readable set final): count what it must
+ * preserve, so that it knows when it is complete.
+ */
+extern void snapshot_seal (struct snapshot *s);
 
 /* Mark S broken, saying WHY (the first cause is kept). */
 extern void snapshot_break (struct snapshot *s, const char *why);

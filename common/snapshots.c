@@ -95,6 +95,8 @@ snapshots_thaw (struct snapshots *ss, bool keep)
   /* Step 4.  Published arrays are immutable, so a new one is needed;
    * the freeze must end, so a failed allocation is retried.
    */
+  if (keep)
+    snapshot_seal (a->adding);
   while ((b = array_with (a, keep ? a->adding : NULL, NULL, false)) == NULL)
     sched_yield ();
   publish (ss, b);

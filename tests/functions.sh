@@ -68,9 +68,15 @@ start_nbdkit () {
     for a in "$@"; do
         case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
     done
+    # It answers once the server is ready (a socket left by a killed run
+    # may be there before this one replaces it).
     if [ -n "$ctl" ]; then
-        for (( i=0; i<300; i++ )); do [ -S "$ctl" ] && break; sleep 0.1; done
-        [ -S "$ctl" ] || fail "nbdkit $pid did not create its control socket $ctl"
+        for (( i=0; i<300; i++ )); do
+            [ -S "$ctl" ] && "$DIRTYBITMAP" status "$ctl" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        "$DIRTYBITMAP" status "$ctl" >/dev/null 2>&1 ||
+            fail "nbdkit $pid does not answer on its control socket $ctl"
     fi
     NBDKIT_PID=$pid
 }
