@@ -81,6 +81,35 @@ start_nbdkit () {
     NBDKIT_PID=$pid
 }
 
+# serve_fg LOG SOCK ARGS...: nbdkit --filter=dirtybitmap ARGS in the
+# foreground (-f) as this shell's child, stderr to LOG, sets SERVER_PID;
+# returns once SOCK (and the bitmap-control socket) serve.  A daemon's exit
+# is only seen once something reaps it, so a child is quicker to stop:
+# stop_server PID sends SIGTERM and returns nbdkit's exit status.
+serve_fg () {
+    local log=$1 sock=$2 a ctl= i; shift 2
+    for a in "$@"; do
+        case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
+    done
+    rm -f "$sock" ${ctl:+"$ctl"}
+    "$NBDKIT" -f -U "$sock" --filter="$FILTER" "$@" 2> "$log" &
+    SERVER_PID=$!
+    cleanup_fn "stop_server $SERVER_PID"
+    for (( i=0; i<600; i++ )); do
+        if ! kill -0 $SERVER_PID 2>/dev/null ||
+           [ "$(awk '{ print $3 }' /proc/$SERVER_PID/stat 2>/dev/null)" = Z ]; then
+            cat "$log" >&2; fail "nbdkit did not start: $*"
+        fi
+        [ -S "$sock" ] && { [ -z "$ctl" ] || [ -S "$ctl" ]; } && return 0
+        sleep 0.05
+    done
+    fail "nbdkit did not serve within 30 s: $*"
+}
+stop_server () {
+    kill "$1" 2>/dev/null || return 0
+    wait "$1" 2>/dev/null
+}
+
 # kill_nbdkit PID: SIGTERM, then wait for the clean shutdown to finish.
 kill_nbdkit () {
     local pid=$1 i

@@ -29,34 +29,6 @@ N="timeout 300 $NBDKIT"
 cc -shared -fPIC -O1 -o libfi.so "$srcdir/faultinject.c" -ldl
 n=0
 
-# serve LOG SOCK ARGS...: nbdkit --filter=dirtybitmap ARGS in the
-# foreground (-f) as this shell's child, stderr to LOG, sets SERVER_PID;
-# returns once SOCK (and the bitmap-control socket) serve.  A daemon's exit
-# is only seen once something reaps it, so a child is quicker to stop:
-# stop_server PID sends SIGTERM and returns nbdkit's exit status.
-serve () {
-    local log=$1 sock=$2 a ctl= i; shift 2
-    for a in "$@"; do
-        case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
-    done
-    rm -f "$sock" ${ctl:+"$ctl"}
-    "$NBDKIT" -f -U "$sock" --filter="$FILTER" "$@" 2> "$log" &
-    SERVER_PID=$!
-    cleanup_fn "stop_server $SERVER_PID"
-    for (( i=0; i<600; i++ )); do
-        if ! kill -0 $SERVER_PID 2>/dev/null ||
-           [ "$(awk '{ print $3 }' /proc/$SERVER_PID/stat 2>/dev/null)" = Z ]; then
-            cat "$log" >&2; fail "nbdkit did not start: $*"
-        fi
-        [ -S "$sock" ] && { [ -z "$ctl" ] || [ -S "$ctl" ]; } && return 0
-        sleep 0.05
-    done
-    fail "nbdkit did not serve within 30 s: $*"
-}
-stop_server () {
-    kill "$1" 2>/dev/null || return 0
-    wait "$1" 2>/dev/null
-}
 
 # Independent checks that fail are reported at the end, so that one does
 # not hide the next.
@@ -94,7 +66,7 @@ for mode in crash-safe qemu; do
         store=$(realpath store)
         LD_PRELOAD=$PWD/libfi.so FAULT_PREFIX=$store FAULT_N=$1 \
             FAULT_ERRNO=$2 FAULT_STICKY=$3 \
-            serve nbdkit.$n.log "$sock" memory 64M \
+            serve_fg nbdkit.$n.log "$sock" memory 64M \
             bitmap-file=$PWD/bm/b.qcow2 bitmap-control=$ctl \
             bitmap-mode=$mode bitmap-snapshot-dir=$store
         case $4 in
@@ -109,7 +81,7 @@ for mode in crash-safe qemu; do
         finish "$mode: store fault $f"
     done
     fresh
-    serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+    serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
         bitmap-control=$ctl bitmap-mode=$mode bitmap-snapshot-max=256K
     $F broken "$sock" "$ctl" log.json \
         "bitmap-snapshot-max \\(262144 bytes\\) reached" ||
@@ -123,7 +95,7 @@ mkdir tiny
 if mount -t tmpfs -o size=1M tmpfs tiny 2>/dev/null; then
     cleanup_fn "umount '$PWD/tiny' 2>/dev/null"
     fresh
-    serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+    serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
         bitmap-control=$ctl bitmap-snapshot-dir=$PWD/tiny
     $F broken "$sock" "$ctl" log.json \
         "writing to the store in $PWD/tiny failed: No space left on device" ||
@@ -140,7 +112,7 @@ fi
 for mode in crash-safe qemu; do
     fresh
     sd=(); [ $mode = qemu ] && sd=(bitmap-snapshot-dir=$PWD/store)
-    serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+    serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
         bitmap-control=$ctl bitmap-mode=$mode "${sd[@]}"
     pid=$SERVER_PID
     $F killrun "$sock" "$ctl" log.json $pid || fail "$mode: kill -9 run"
@@ -176,7 +148,7 @@ done
 
 # (c) Release with a reader connected.
 fresh
-serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
     bitmap-control=$ctl bitmap-snapshot-dir=$PWD/store
 $F release "$sock" "$ctl" log.json $SERVER_PID "$(realpath store)" ||
     fail "release with a reader"
@@ -185,14 +157,14 @@ finish "release with a reader"
 # (d) The export grows under a snapshot.
 fresh
 rm -f disk.img; truncate -s 16M disk.img
-serve nbdkit.$n.log "$sock" file "$PWD/disk.img" bitmap-file=$PWD/bm/b.qcow2 \
+serve_fg nbdkit.$n.log "$sock" file "$PWD/disk.img" bitmap-file=$PWD/bm/b.qcow2 \
     bitmap-control=$ctl
 $F grow "$sock" "$ctl" log.json "$PWD/disk.img" || fail "growth"
 finish "growth"
 
 # (e) Bad input.
 fresh
-serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
     bitmap-control=$ctl
 $F badinput "$sock" "$ctl" $SERVER_PID || soft_fail "bad control commands"
 st=0; stop_server $SERVER_PID || st=$?
@@ -213,7 +185,7 @@ for g in 4K 64K 64M; do
 done
 if $ok4k; then
     fresh
-    serve nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
+    serve_fg nbdkit.$n.log "$sock" memory 64M bitmap-file=$PWD/bm/b.qcow2 \
         bitmap-control=$ctl bitmap-snapshot-granularity=4K
     $F granularity "$sock" "$ctl" log.json 4096 || fail "4K snapshot granularity"
     finish "4K snapshot granularity"

@@ -19,34 +19,6 @@ seed=${SNAPSHOT_ORACLE_SEED:-$((RANDOM * 32768 + RANDOM))}
 echo "seed $seed (SNAPSHOT_ORACLE_SEED=$seed repeats it)"
 size=$((64 << 20))
 
-# serve LOG SOCK ARGS...: nbdkit --filter=dirtybitmap ARGS in the
-# foreground (-f) as this shell's child, stderr to LOG, sets SERVER_PID;
-# returns once SOCK (and the bitmap-control socket) serve.  A daemon's exit
-# is only seen once something reaps it, so a child is quicker to stop:
-# stop_server PID sends SIGTERM and returns nbdkit's exit status.
-serve () {
-    local log=$1 sock=$2 a ctl= i; shift 2
-    for a in "$@"; do
-        case $a in bitmap-control=*) ctl=${a#bitmap-control=} ;; esac
-    done
-    rm -f "$sock" ${ctl:+"$ctl"}
-    "$NBDKIT" -f -U "$sock" --filter="$FILTER" "$@" 2> "$log" &
-    SERVER_PID=$!
-    cleanup_fn "stop_server $SERVER_PID"
-    for (( i=0; i<600; i++ )); do
-        if ! kill -0 $SERVER_PID 2>/dev/null ||
-           [ "$(awk '{ print $3 }' /proc/$SERVER_PID/stat 2>/dev/null)" = Z ]; then
-            cat "$log" >&2; fail "nbdkit did not start: $*"
-        fi
-        [ -S "$sock" ] && { [ -z "$ctl" ] || [ -S "$ctl" ]; } && return 0
-        sleep 0.05
-    done
-    fail "nbdkit did not serve within 30 s: $*"
-}
-stop_server () {
-    kill "$1" 2>/dev/null || return 0
-    wait "$1" 2>/dev/null
-}
 
 # A configuration that fails is reported, and the others still run.
 failed=()
@@ -61,7 +33,7 @@ for plugin in memory file; do
         else
             args=(memory $size)
         fi
-        serve nbdkit.$cfg.log "$PWD/sock.$cfg" "${args[@]}" \
+        serve_fg nbdkit.$cfg.log "$PWD/sock.$cfg" "${args[@]}" \
             bitmap-file=$PWD/bm/b.qcow2 bitmap-control=$PWD/ctl \
             bitmap-mode=$mode bitmap-persist-interval=1
         pid=$SERVER_PID
