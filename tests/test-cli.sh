@@ -150,4 +150,11 @@ $D create d.qcow2 --size 300T 2> err; [ $? -eq 1 ] || fail "300T at 64K accepted
 grep -q "larger granularity" err || fail "300T message"
 set -e
 [ ! -e d.qcow2 ] || fail "failed create left a file"
+# info draws each bitmap's dirty density across the disk: 64 slices,
+# ' ' clean to '@' all dirty; a slice with any dirty bit is never blank.
+rm -f strip.qcow2
+$D create strip.qcow2 --size 64M
+qemu-io -f qcow2 strip.qcow2 -c 'write 0 32M' -c 'write 60M 64K' > /dev/null
+want="    [$(printf '@%.0s' $(seq 32))$(printf ' %.0s' $(seq 28)).   ]"
+$D info strip.qcow2 | grep -qxF -- "$want" || fail "density strip: $($D info strip.qcow2)"
 echo OK

@@ -246,6 +246,32 @@ flags_text (const struct qcow2_image *img, const struct qcow2_bitmap *b,
     snprintf (buf, len, "-");
 }
 
+/* Where people would rather look than read: the dirty density across
+ * the disk, as STRIP_WIDTH characters from ' ' (clean) through ".:-=+*#%"
+ * to '@' (all dirty); a slice with any dirty bit is never blank.
+ */
+#define STRIP_WIDTH 64
+static void
+print_strip (const struct bitmap *bm)
+{
+  static const char ramp[] = " .:-=+*#%@";
+  char line[STRIP_WIDTH + 1];
+  uint64_t k;
+
+  if (bm == NULL || bm->nbits == 0)
+    return;
+  for (k = 0; k < STRIP_WIDTH; ++k) {
+    uint64_t a = k * bm->nbits / STRIP_WIDTH;
+    uint64_t e = (k + 1) * bm->nbits / STRIP_WIDTH;
+    uint64_t n = e > a ? bitmap_count_range (bm, a, e) : 0;
+    size_t level = e > a ? (size_t) ((n * 9 + (e - a) - 1) / (e - a)) : 0;
+
+    line[k] = ramp[level > 9 ? 9 : level];
+  }
+  line[STRIP_WIDTH] = '\0';
+  printf ("    [%s]\n", line);
+}
+
 static int
 cmd_info (int argc, char **argv)
 {
@@ -311,9 +337,11 @@ cmd_info (int argc, char **argv)
       if (b->inconsistent)
         printf ("granularity %" PRIu64 ", flags %s, contents unknown "
                 "(inconsistent)\n", gran, flags);
-      else
+      else {
         printf ("granularity %" PRIu64 ", flags %s, dirty %" PRIu64
                 " bytes (%.2f%%)\n", gran, flags, d, pct);
+        print_strip (b->bits);
+      }
     }
   }
   if (o.json)
