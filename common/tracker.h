@@ -11,9 +11,9 @@
  * TRACKER_CRASH_SAFE ("crash-safe"): the on-disk bitmap is, at every
  * instant, a superset of every write forwarded, with in_use clear, so QEMU
  * tools can use it even after kill -9.  Before the first write into a
- * region (region_size bytes of disk) since the last persist is forwarded,
- * the region's bits are written all-ones and synced (group commit: one
- * fdatasync serves every concurrent first touch).  The periodic persist
+ * region (region_size bytes of disk) since it was last written exact is
+ * forwarded, the region's bits are written all-ones and synced (group
+ * commit: one fdatasync serves every concurrent first touch).  The periodic persist
  * replaces all-ones by the exact bits only in regions idle for a whole
  * interval (no first write into a granule since the persist before it,
  * nor since it began), so that a region in use is armed once and stays
