@@ -1,23 +1,38 @@
 /* The crash-safe region protocol (bitmap-mode=crash-safe).
  *
  * Each tracked bitmap is cut into regions (bitmap-region bytes of disk,
- * a whole number of 64-bit words of bits).  A region of a tracked state
- * is, on disk and in memory:
+ * a whole number of 64-bit words of bits; by default enlarged so that
+ * the export has at most TRACKER_AUTO_REGIONS of them).  A region of a
+ * tracked state is, on disk and in memory:
  *
  *   EXACT     its bits on disk are the exact bits (armed bit 0)
  *   ARMING    a first writer holds arm_lock and writes it all-ones
  *   ARMED     all-ones on disk and synced (armed bit 1); writes into it
  *             need no file I/O
- *   back to EXACT at a persist: regions armed and not touched since the
- *             persist's cut are disarmed, then written exact
+ *   back to EXACT at a persist: the periodic one disarms regions that
+ *             are IDLE, an explicit one (tracker_persist: control
+ *             socket, quiesce, close) every region not touched since
+ *             its cut; then writes them exact
+ *
+ * "Touched" is the slow path's mark (a first write into a granule, or
+ * into a region not armed); the steady path of a write already recorded
+ * touches nothing.  A region is IDLE at a periodic persist's cut when it
+ * was touched neither in the interval that ended at that cut (what the
+ * cut takes out of touched, kept as prev_touched) nor since the cut:
+ * so a region in use is armed once and stays armed, and the file's
+ * over-approximation is at most the regions touched in the last two
+ * intervals.  (A region only ever rewritten, never touched, is disarmed
+ * after one idle interval and re-armed by its next write: one synced
+ * write per two intervals.)
  *
  * Transitions and what guards them:
  *   EXACT -> ARMING -> ARMED   regions_arm, under arm_lock; the ones bit
- *                              ("may be all-ones on disk") is set before
- *                              the all-ones write, the armed bit only
- *                              after the group-committed sync (sync_lock)
- *                              covering it; ones is cleared by an exact
- *                              write that succeeds
+ *                              ("may be all-ones on disk, not armed") is
+ *                              set before the all-ones write, the armed
+ *                              bit only after the group-committed sync
+ *                              (sync_lock) covering it, and ones cleared
+ *                              with it; so under arm_lock armed and ones
+ *                              are disjoint (asserted)
  *   ARMED -> EXACT             regions_persist, under persist_lock and
  *                              arm_lock; the writer's order "set bits,
  *                              set touched, load armed" and the persist's
@@ -25,7 +40,18 @@
  *                              touched" are all seq_cst (a Dekker pair):
  *                              a racing first write either keeps the
  *                              region armed or finds it disarmed and
- *                              arms it again
+ *                              arms it again.  The idle test only leaves
+ *                              more regions armed, never fewer.  A
+ *                              disarmed region's ones bit is set before
+ *                              its exact write and cleared once it
+ *                              succeeds; the persist bumps arm_gen
+ *                              before such writes, so that an arming
+ *                              whose all-ones write came before the
+ *                              exact one arms again instead of setting
+ *                              the armed bit over exact bits
+ *   touched -> prev_touched    at every persist's cut, under persist_lock
+ *                              (an exchange per word, seq_cst, before
+ *                              arm_lock is taken)
  *   ARMED -> EXACT (all)       a rewrite that carries the bitmap over
  *                              (tracker_remove, tracker_rewrite), under
  *                              all four locks, before its commit; it
@@ -49,6 +75,8 @@
 #include <config.h>
 
 #include <assert.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +167,12 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
        * our all-ones went to the old file, so arm it again.
        */
       if (tr->arm_gen == gen) {
+        /* No region was written exact since our write (every exact
+         * write bumps arm_gen), so ours is still on disk, and synced: the
+         * ones bit we set is still set, unless a concurrent arming of
+         * the same region completed first.
+         */
+        assert (region_test (t->armed, r) || region_test (t->ones, r));
         region_set (t->armed, r);
         atomic_fetch_and (&t->ones[r >> 6], ~(UINT64_C (1) << (r & 63)));
         return 0;
@@ -147,20 +181,31 @@ regions_arm (struct tracker *tr, struct tracked_state *t, uint64_t r)
   }
 }
 
-/* crash-safe mode: the persist cut.  Clear "touched"; then each armed
- * region nobody touched since is disarmed and written exact.  The
- * disarm-then-recheck of touched pairs with the writer's
- * set-touched-then-check-armed (both seq_cst), so a concurrent first write
- * either keeps the region armed or takes the slow path after us.
+/* A lock the caller must hold (asserted, debug builds only). */
+static inline bool
+held (pthread_mutex_t *m)
+{
+  return pthread_mutex_trylock (m) == EBUSY;
+}
+
+/* crash-safe mode: the persist cut.  Take "touched" out (kept as
+ * prev_touched); then each armed region nobody touched since, and if
+ * IDLE_ONLY nobody touched in the interval the cut ended either, is
+ * disarmed and written exact.  The disarm-then-recheck of touched pairs
+ * with the writer's set-touched-then-check-armed (both seq_cst), so a
+ * concurrent first write either keeps the region armed or takes the slow
+ * path after us.
  */
 int
-regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
+regions_persist (struct tracker *tr, bool idle_only, bool *wrote,
+                 struct dbm_err *err)
 {
   const struct track_set *s = atomic_load (&tr->set);
   bool pending = false;
   size_t i;
   uint64_t w, k;
 
+  assert (held (&tr->persist_lock));
   for (i = 0; i < s->nt; ++i) {
     struct tracked_state *t = s->t[i].st;
     /* Leaves are written as regions; the changed flags are not needed,
@@ -170,7 +215,7 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
      */
     atomic_store (&t->bits->any_changed, false);
     for (w = 0; w < (t->nregions + 63) / 64; ++w)
-      atomic_exchange (&t->touched[w], 0);
+      t->prev_touched[w] = atomic_exchange (&t->touched[w], 0);
   }
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->arm_lock);
@@ -181,6 +226,9 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
       uint64_t cand = atomic_load (&t->armed[w]) & ~atomic_load (&t->touched[w]);
       uint64_t keep, gone;
 
+      assert ((atomic_load (&t->armed[w]) & atomic_load (&t->ones[w])) == 0);
+      if (idle_only)
+        cand &= ~t->prev_touched[w];
       if (cand == 0)
         continue;
       atomic_fetch_and (&t->armed[w], ~cand);
@@ -188,14 +236,25 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
       if (keep)
         atomic_fetch_or (&t->armed[w], keep);
       gone = cand & ~keep;
+      /* All-ones on disk until the exact write below succeeds.  An
+       * arming of one of these regions still in flight (a writer that
+       * found it disarmed before a concurrent arming completed) must not
+       * set its armed bit over our exact write: arm_gen sends it round
+       * again.
+       */
+      atomic_fetch_or (&t->ones[w], gone);
+      if (gone)
+        tr->arm_gen++;
       for (k = 0; k < 64; ++k) {
         if (!((gone >> k) & 1))
           continue;
+        assert (!idle_only || !((t->prev_touched[w] >> k) & 1));
         if (write_region (tr, t, w * 64 + k, false, err) == -1)
           /* These regions stay disarmed: on disk they are all-ones or
            * exact, both covering every write forwarded so far, and the
            * next write into one re-marks it (and syncs) before it is
            * forwarded.  Re-arming them here would let a write skip that.
+           * Their ones bits stay set: a checkpoint settles them.
            */
           return -1;
         atomic_fetch_and (&t->ones[w], ~(UINT64_C (1) << k));
@@ -203,8 +262,8 @@ regions_persist (struct tracker *tr, bool *wrote, struct dbm_err *err)
       }
     }
     DBM_TEST_HOOK (DBM_HOOK_PERSIST_SCANNED);
-    /* Regions still armed (touched since the cut) shrink at the next
-     * persist even if no bit flips meanwhile: say it is needed.
+    /* Regions still armed (touched since the cut, or lately) shrink at a
+     * later persist even if no bit flips meanwhile: say it is needed.
      */
     for (w = 0; !pending && w < (t->nregions + 63) / 64; ++w)
       pending = atomic_load (&t->armed[w]) != 0;

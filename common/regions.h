@@ -24,8 +24,11 @@ region_set (_Atomic uint64_t *a, uint64_t r)
 extern int regions_arm (struct tracker *tr, struct tracked_state *t,
                         uint64_t r);
 
-/* The persist cut: regions not touched since are written exact. */
-extern int regions_persist (struct tracker *tr, bool *wrote,
+/* The persist cut: regions not touched since (and, if IDLE_ONLY, not in
+ * the interval before it either) are written exact.  Caller holds
+ * persist_lock.
+ */
+extern int regions_persist (struct tracker *tr, bool idle_only, bool *wrote,
                             struct dbm_err *err);
 
 /* A checkpoint updating the file in place, after its cut: disarm T (a

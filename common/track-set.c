@@ -63,6 +63,7 @@ free_state (void *p)
   struct tracked_state *st = p;
 
   free ((void *) st->touched);
+  free (st->prev_touched);
   free ((void *) st->armed);
   free ((void *) st->ones);
   free (st);
@@ -197,7 +198,9 @@ tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
   st->touched = calloc (words, sizeof (_Atomic uint64_t));
   st->armed = calloc (words, sizeof (_Atomic uint64_t));
   st->ones = calloc (words, sizeof (_Atomic uint64_t));
-  if (st->touched == NULL || st->armed == NULL || st->ones == NULL) {
+  st->prev_touched = calloc (words, sizeof (uint64_t));
+  if (st->touched == NULL || st->armed == NULL || st->ones == NULL ||
+      st->prev_touched == NULL) {
     dbm_seterr (err, ENOMEM, "out of memory");
     return NULL;
   }

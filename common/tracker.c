@@ -339,6 +339,29 @@ remove_stale_temporaries (const char *path, void (*log) (const char *fmt, ...))
   closedir (d);
 }
 
+/* bitmap-region not given: double the region until the export has at
+ * most TRACKER_AUTO_REGIONS of them, so that arming all of them (a random
+ * workload over a large export does, in its first second) costs a bounded
+ * number of synced writes.  Chosen from the size the file has when this
+ * run first writes it, and kept for the run (a growth keeps it).
+ */
+static void
+choose_region_size (struct tracker *tr)
+{
+  uint64_t size = tracker_size (tr), r = tr->cfg.region_size;
+
+  if (!tr->cfg.region_default || tr->cfg.mode != TRACKER_CRASH_SAFE)
+    return;
+  while (r < TRACKER_MAX_REGION && (size - 1) / r + 1 > TRACKER_AUTO_REGIONS)
+    r <<= 1;
+  if (r != tr->cfg.region_size)
+    tr->cfg.log ("%s: bitmap-region %" PRIu64 " (the default, doubled "
+                 "until the %" PRIu64 "-byte export has at most %d regions)",
+                 tr->cfg.path, r, size, TRACKER_AUTO_REGIONS);
+  tr->cfg.region_size = r;
+  tr->cfg.region_default = false;
+}
+
 /* Rewrite the file in the canonical layout, with in_use set on the tracked
  * bitmaps in qemu mode, then start tracking.  Returns as qcow2_commit: 1
  * means tracking started on a committed file whose directory entry is not
@@ -349,13 +372,14 @@ tracker_commit_and_track (struct tracker *tr, const uint32_t *old_flags,
                           struct dbm_err *err)
 {
   struct qcow2_image *img = tr->img;
-  uint64_t region_size = tr->cfg.mode == TRACKER_CRASH_SAFE
-    ? tr->cfg.region_size : 0;
+  uint64_t region_size;
   size_t owned_before = tr->nowned;
   struct track_set *s;
   uint32_t i;
   int r = 0;
 
+  choose_region_size (tr);      /* before the states are built from it */
+  region_size = tr->cfg.mode == TRACKER_CRASH_SAFE ? tr->cfg.region_size : 0;
   s = build_tracked (tr, err);
   if (s == NULL)
     return -1;
@@ -831,8 +855,9 @@ check_file (struct tracker *tr, struct dbm_err *err)
   return -1;
 }
 
-int
-tracker_persist (struct tracker *tr, struct dbm_err *err)
+/* IDLE_ONLY: the periodic persist (regions.c: only IDLE regions shrink). */
+static int
+persist (struct tracker *tr, bool idle_only, struct dbm_err *err)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->persist_lock);
   bool wrote = false;
@@ -842,7 +867,7 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
   if (check_file (tr, err) == -1)
     return -1;
   if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
-    if (regions_persist (tr, &wrote, err) == -1)
+    if (regions_persist (tr, idle_only, &wrote, err) == -1)
       return -1;
   }
   else if (persist_changed_leaves (tr, &wrote, err) == -1 ||
@@ -860,6 +885,18 @@ tracker_persist (struct tracker *tr, struct dbm_err *err)
   tr->last_persist = time (NULL);
   epoch_reclaim ();             /* what model changes retired meanwhile */
   return 0;
+}
+
+int
+tracker_persist (struct tracker *tr, struct dbm_err *err)
+{
+  return persist (tr, false, err);
+}
+
+int
+tracker_persist_periodic (struct tracker *tr, struct dbm_err *err)
+{
+  return persist (tr, true, err);
 }
 
 int

@@ -11,12 +11,17 @@
  * TRACKER_CRASH_SAFE ("crash-safe"): the on-disk bitmap is, at every
  * instant, a superset of every write forwarded, with in_use clear, so QEMU
  * tools can use it even after kill -9.  Before the first write into a
- * region (region_size bytes of disk) since the last persist is forwarded,
- * the region's bits are written all-ones and synced (group commit: one
- * fdatasync serves every concurrent first touch).  A persist (periodic,
- * and at close) replaces all-ones by the exact bits in regions not touched
- * since it began.  After a crash the over-approximation is at most the
- * regions touched since the last persist.
+ * region (region_size bytes of disk) since it was last written exact is
+ * forwarded, the region's bits are written all-ones and synced (group
+ * commit: one fdatasync serves every concurrent first touch).  The periodic persist
+ * replaces all-ones by the exact bits only in regions idle for a whole
+ * interval (no first write into a granule since the persist before it,
+ * nor since it began), so that a region in use is armed once and stays
+ * armed; an explicit persist (control socket, quiesce, close) shrinks every
+ * region not touched since it began.  After a crash the over-approximation
+ * is at most the regions touched in the last two intervals.  By default
+ * (region_default) an export gets at most TRACKER_AUTO_REGIONS regions:
+ * the region doubles from region_size until it does.
  */
 #ifndef DBM_TRACKER_H
 #define DBM_TRACKER_H
@@ -35,6 +40,11 @@ enum tracker_mode { TRACKER_CRASH_SAFE, TRACKER_QEMU };
 /* bitmap-region: a region is at least a page of disk, at most 1 PiB. */
 #define TRACKER_MIN_REGION          UINT64_C (4096)
 #define TRACKER_MAX_REGION          (UINT64_C (1) << 50)
+/* bitmap-region not given: the region grows (a power of two, from
+ * region_size) until the export has at most this many, so that arming
+ * every region costs at most this many synced writes.
+ */
+#define TRACKER_AUTO_REGIONS        4096
 enum tracker_in_use { IN_USE_DIRTY, IN_USE_REFUSE };
 
 struct tracker_config {
@@ -55,6 +65,11 @@ struct tracker_config {
   enum tracker_mode mode;
   enum tracker_in_use in_use_policy;
   uint64_t region_size;         /* crash-safe: bytes of disk per region */
+  /* region_size is the default, not the user's choice: the export's size
+   * may enlarge it (TRACKER_AUTO_REGIONS), once, when the file is first
+   * written in this run (tracker_commit_and_track).
+   */
+  bool region_default;
   /* Every write takes tracker_mark, none the inline no-op check (the
    * filter's debug logging of each marked range).
    */
@@ -75,6 +90,10 @@ struct tracked_state {
   unsigned region_shift;        /* log2 of bitmap bits per region */
   uint64_t nregions;
   _Atomic uint64_t *touched;    /* regions written since the persist cut */
+  /* Regions touched in the interval that ended at the last persist cut
+   * (what that cut took out of touched); persist_lock.
+   */
+  uint64_t *prev_touched;
   _Atomic uint64_t *armed;      /* regions all-ones on disk and synced */
   /* Regions that may be all-ones on disk: set before an arming's write,
    * cleared once the region is written exact (so it covers ARMING, and
@@ -146,7 +165,7 @@ struct tracker {
   pthread_mutex_t sync_lock;    /* group commit of arming writes */
   _Atomic uint64_t write_seq;
   uint64_t synced_seq;
-  uint64_t arm_gen;             /* +1 at each disarm_all (arm_lock) */
+  uint64_t arm_gen;             /* +1 before regions are written exact (arm_lock) */
   /* crash-safe: the last persist left regions armed (touched since its
    * cut), so the next one has work even if no bit flips meanwhile.
    */
@@ -316,9 +335,17 @@ tracker_mark_is_noop (struct tracker *tr, uint64_t offset, uint64_t count)
 }
 
 /* Make the file reflect every bit set before the call began, durably.
- * In crash-safe mode this also shrinks all-ones regions to exact bits.
+ * In crash-safe mode this also shrinks all-ones regions not touched since
+ * it began to exact bits.
  */
 extern int tracker_persist (struct tracker *tr, struct dbm_err *err);
+
+/* The same, every bitmap-persist-interval: in crash-safe mode it shrinks
+ * only regions idle for a whole interval (not touched since the previous
+ * persist cut nor since this one), so that regions in use stay armed and
+ * pay no synced write again.  qemu mode: tracker_persist.
+ */
+extern int tracker_persist_periodic (struct tracker *tr, struct dbm_err *err);
 
 /* True if a persist would write anything. */
 extern bool tracker_dirty (struct tracker *tr);

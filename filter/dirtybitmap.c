@@ -46,6 +46,7 @@ static enum tracker_mode mode = TRACKER_CRASH_SAFE;
 static enum qcow2_layout layout = QCOW2_LAYOUT_QEMU;
 static enum tracker_in_use in_use_policy = IN_USE_DIRTY;
 static uint64_t region_size = UINT64_C (64) << 20;
+static bool region_default = true;      /* bitmap-region not given */
 static unsigned persist_interval = 30;
 static char *control_path;
 static char *snapshot_dir;              /* bitmap-snapshot-dir */
@@ -193,6 +194,7 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     }
     region_size = UINT64_C (1) << bits;
+    region_default = false;
     return 0;
   }
   if (strcmp (key, "bitmap-control") == 0) {
@@ -269,7 +271,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "bitmap-mode=crash-safe|qemu  Persistence mode (default crash-safe).\n" \
   "bitmap-format=qemu|draft-2015 File layout (default qemu).\n" \
   "bitmap-in-use=dirty|refuse   A bitmap found in use (default dirty).\n" \
-  "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write (64M).\n" \
+  "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write\n" \
+  "                          (64M, larger for exports over 256G).\n" \
   "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30).\n" \
   "bitmap-control=<SOCKET>   Unix socket for status/checkpoint/persist/remove.\n" \
   "bitmap-snapshot-dir=<DIR> Where snapshot stores go (the bitmap file's).\n" \
@@ -288,6 +291,7 @@ dirtybitmap_get_ready (int thread_model)
     .granularity_bits = granularity_bits,
     .granularity_default = granularity_default, .mode = mode,
     .in_use_policy = in_use_policy, .region_size = region_size,
+    .region_default = region_default,
     .no_fast_path = dirtybitmap_debug_verbose, .fast_slot = &fast,
     .log = log_note,
   };
@@ -425,7 +429,8 @@ persist_loop (void *arg)
     if (r == 0) {
       /* size_lock: the first connection may be creating the file. */
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
-      if (tracker_dirty (tracker) && tracker_persist (tracker, &err) == -1) {
+      if (tracker_dirty (tracker) &&
+          tracker_persist_periodic (tracker, &err) == -1) {
         /* Once per distinct failure, not every interval. */
         if (strcmp (err.msg, last_error) != 0)
           nbdkit_error ("%s", err.msg);

@@ -22,7 +22,15 @@ takes checkpoints (control socket) at random moments while the writers
 run, so kills also land inside checkpoints; the checks then apply to the
 union of all bitmaps, and a restart must leave no temporary file behind.
 
-  crash_harness.py --trials N --workdir DIR
+With --large, the export is a 1 TiB sparse file and bitmap-region is not
+given (so the filter picks 256 MiB: 4096 regions), the writers write small
+ranges at random over all of it, and each round lasts 1-3 persist
+intervals: most regions go idle for an interval between two writes into
+them, so every persist disarms and writes exact hundreds of regions that
+the writers then arm again, and the kills land in that re-arm storm.  The
+disk is read through SEEK_DATA, the bitmap through its extents.
+
+  crash_harness.py --trials N --workdir DIR [--large]
 Environment: NBDKIT, FILTER, DIRTYBITMAP.
 """
 import argparse
@@ -43,13 +51,26 @@ CLI = os.environ["DIRTYBITMAP"]
 SIZE = 64 << 20
 GRAN = 65536
 REGION = 4 << 20
+LARGE = False           # --large: see the docstring
+MAXW = 200000           # largest write
+ROUND = (0.05, 1.5)     # seconds writers run before the kill
+
+
+def set_large():
+    global LARGE, SIZE, REGION, MAXW, ROUND
+    LARGE = True
+    SIZE = 1 << 40
+    REGION = SIZE // 4096       # the filter's own choice for this size
+    MAXW = 65536
+    ROUND = (1.0, 3.0)
 
 
 def filter_args(disk, bm):
     """The plugin and filter arguments of every server of a trial: the
     same region size everywhere, since the region bound is checked."""
+    region = [] if LARGE else ["bitmap-region=%d" % REGION]
     return ["--filter=" + FILTER, "file", disk, "bitmap-file=" + bm,
-            "bitmap-region=%d" % REGION, "bitmap-persist-interval=1"]
+            *region, "bitmap-persist-interval=1"]
 
 
 def start(workdir, disk, bm, extra=()):
@@ -130,7 +151,7 @@ def writer(uri, seed, sent, acked, stop):
         h = nbd.NBD()
         h.connect_uri(uri)
         while not stop.is_set():
-            n = rng.randint(1, 200000)
+            n = rng.randint(1, MAXW)
             off = rng.randrange(0, SIZE - n)
             sent.append((off, n))
             if rng.random() < 0.1:
@@ -190,17 +211,45 @@ def wait_exit(pid):
             return
 
 
+def data_extents(f):
+    """(offset, length) of the data of a sparse file (SEEK_DATA): holes
+    read as zeroes, so they need no reading."""
+    end = os.fstat(f.fileno()).st_size
+    off = 0
+    while off < end:
+        try:
+            d = os.lseek(f.fileno(), off, os.SEEK_DATA)
+        except OSError:
+            return
+        h = os.lseek(f.fileno(), d, os.SEEK_HOLE)
+        yield d, h - d
+        off = h
+
+
 def disk_has_data(disk):
+    if LARGE:
+        # Regions dirty in the file, and how many of them all-ones: the
+        # others were shrunk by a persist (and re-armed if written since).
+        rg = REGION // GRAN
+        counts = [dg[r * rg:(r + 1) * rg].count(1)
+                  for r in range(SIZE // REGION)]
+        _rstats.append((sum(1 for c in counts if c),
+                        sum(1 for c in counts if c == rg)))
     with open(disk, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                return False
-            if chunk.count(0) != len(chunk):
-                return True
+        for d, n in data_extents(f):
+            f.seek(d)
+            while n > 0:
+                chunk = f.read(min(n, 1 << 20))
+                if not chunk:
+                    break
+                if chunk.count(0) != len(chunk):
+                    return True
+                n -= len(chunk)
+    return False
 
 
 _nofile = [0]
+_rstats = []            # --large: (regions dirty, all-ones) per check
 
 
 def verify(bm, disk, sent, acked, what):
@@ -231,18 +280,32 @@ def verify(bm, disk, sent, acked, what):
     # Dirty granules as an array: O(1) per check however long the history.
     dg = bytearray(SIZE // GRAN)
     for a, l in ext:
-        for g in range(a // GRAN, (a + l + GRAN - 1) // GRAN):
-            dg[g] = 1
+        g0, g1 = a // GRAN, (a + l + GRAN - 1) // GRAN
+        dg[g0:g1] = b"\1" * (g1 - g0)
+    if LARGE:
+        # Regions dirty in the file, and how many of them all-ones: the
+        # others were shrunk by a persist (and re-armed if written since).
+        rg = REGION // GRAN
+        counts = [dg[r * rg:(r + 1) * rg].count(1)
+                  for r in range(SIZE // REGION)]
+        _rstats.append((sum(1 for c in counts if c),
+                        sum(1 for c in counts if c == rg)))
     with open(disk, "rb") as f:
-        g = 0
-        while True:
-            chunk = f.read(GRAN)
-            if not chunk:
+        for d, n in data_extents(f):
+            g = d // GRAN
+            f.seek(g * GRAN)
+            bad = False
+            while g * GRAN < d + n:
+                chunk = f.read(GRAN)
+                if not chunk:
+                    break
+                if chunk.count(0) != len(chunk) and not dg[g]:
+                    problems.append("granule %d has data but is clean" % g)
+                    bad = True
+                    break
+                g += 1
+            if bad:
                 break
-            if chunk.count(0) != len(chunk) and not dg[g]:
-                problems.append("granule %d has data but is clean" % g)
-                break
-            g += 1
     for off, n in acked:
         for gg in range(off // GRAN, (off + n - 1) // GRAN + 1):
             if not dg[gg]:
@@ -272,7 +335,7 @@ def trial(workdir, rng, t):
     for rnd in range(2):
         pid, uri = start(workdir, disk, bm)
         stop, ths = start_writers(uri, rng, sent, acked, 3)
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(*ROUND))
         os.kill(pid, signal.SIGKILL)
         # Dying takes a moment (a thread may be inside fdatasync); its
         # locks go with it, and qemu-img check needs them gone.
@@ -378,7 +441,10 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--no-checkpoints", action="store_true")
+    ap.add_argument("--large", action="store_true")
     a = ap.parse_args()
+    if a.large:
+        set_large()
     global CHECKPOINTS
     CHECKPOINTS = not a.no_checkpoints
     rng = random.Random(a.seed)
@@ -390,10 +456,19 @@ def main():
         if problems:
             violations += 1
             print("trial %d: VIOLATION: %s" % (t, "; ".join(problems[:3])))
-    print("crash harness: seed %d, %d trials (%d kills), %d checkpoints, "
+    print("crash harness%s: seed %d, %d trials (%d kills), %d checkpoints, "
           "%d checks without a bitmap file (nothing acknowledged), %d violations"
-          % (a.seed, a.trials, a.trials * 2, _ck_ok[0], _nofile[0],
+          % (" (--large: 1 TiB, 4096 regions)" if LARGE else "",
+             a.seed, a.trials, a.trials * 2, _ck_ok[0], _nofile[0],
              violations))
+    if _rstats:
+        d = sorted(x[0] for x in _rstats)
+        f = sorted(x[1] for x in _rstats)
+        print("regions in the file at the checks (median, max): dirty %d, %d;"
+              " all-ones (pre-marked) %d, %d; checks with exact dirty "
+              "regions (shrunk by a persist): %d of %d"
+              % (d[len(d) // 2], d[-1], f[len(f) // 2], f[-1],
+                 sum(1 for x in _rstats if x[0] > x[1]), len(_rstats)))
     sys.exit(1 if violations else 0)
 
 

@@ -19,6 +19,12 @@
  *    its region armed before the checkpoint disarmed it, and whose bit
  *    came after the old bitmap's regions were written exact, is on disk
  *    once the old set is back in force.
+ * 6. crash-safe, two first writes arming one region: one completes, a
+ *    persist then disarms the region and writes it exact while the other
+ *    is still between its all-ones write and its sync; that one must arm
+ *    the region again, not set the armed bit over the exact bits: a later
+ *    first write into the region is on disk before it is forwarded.
+ *    (Both the explicit and the periodic persist.)
  */
 #include <config.h>
 
@@ -325,6 +331,51 @@ test_unflagged_leaf (void)
   CHECK (tracker_close (tr, &err) == 0);
 }
 
+static void
+test_arm_across_persist (bool periodic)
+{
+  pthread_t m;
+  struct dbm_err err;
+  uint64_t first, later;
+
+  tr = open_tracker (TRACKER_CRASH_SAFE);
+  target = 17 * (uint64_t) REGION + 2 * G;
+  first = target + 3 * G;                       /* same region */
+  later = target + 9 * G;
+  /* The marker finds the region disarmed, writes it all-ones and stops
+   * before its sync.
+   */
+  plan (MARKER, DBM_HOOK_ARM_WRITTEN);
+  pthread_create (&m, NULL, marker, NULL);
+  sem_wait (&at_hook[MARKER]);
+  /* Another first write arms the same region and completes (its sync
+   * covers the marker's write too).
+   */
+  CHECK (tracker_mark (tr, first, 512) == 0);
+  /* Persists: the periodic one needs the region idle for an interval,
+   * so it takes two; the region is disarmed and written exact.
+   */
+  if (periodic) {
+    CHECK (tracker_persist_periodic (tr, &err) == 0);
+    CHECK (tracker_persist_periodic (tr, &err) == 0);
+  }
+  else
+    CHECK (tracker_persist (tr, &err) == 0);
+  sem_post (&go[MARKER]);
+  pthread_join (m, NULL);
+  /* A first write of another granule of the region: if the marker took
+   * its region as armed, this one goes on without the region on disk.
+   */
+  CHECK (tracker_mark (tr, later, 512) == 0);
+  if (!file_has_in ("b", later / G)) {
+    fprintf (stderr, "an arming overtaken by a persist's exact write set "
+             "the armed bit: a write is not on disk (%s)\n",
+             periodic ? "periodic" : "explicit");
+    CHECK (!"armed bit set over an exact region");
+  }
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
 /* The next extension of a file fails (a full disk, for qcow2_update). */
 static _Atomic bool fail_extend;
 
@@ -414,6 +465,8 @@ main (void)
   test_stale_set (TRACKER_QEMU, false);
   test_persist_shrinks ();
   test_arm_across_rewrite ();
+  test_arm_across_persist (false);
+  test_arm_across_persist (true);
   test_unflagged_leaf ();
   test_failed_settle ();
   unlink (path);

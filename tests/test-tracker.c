@@ -399,6 +399,160 @@ test_checkpoints (enum tracker_mode mode)
   qcow2_close (img);
 }
 
+/* Bitmap 0 of the file now, NULL on error (caller closes). */
+static struct qcow2_image *
+file_now (void)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+
+  if (qcow2_open (path, 0, &img, &err) == -1) {
+    fprintf (stderr, "%s\n", err.msg);
+    CHECK (!"file unreadable");
+    return NULL;
+  }
+  return img;
+}
+
+/* Is region R (4 MiB, 64 granules) of the file all-ones (pre-marked)? */
+static bool
+file_region_full (uint64_t r)
+{
+  struct qcow2_image *img = file_now ();
+  bool full;
+
+  if (img == NULL)
+    return false;
+  full = bitmap_find (img->bitmaps[0].bits, r * 64, false) >= (r + 1) * 64;
+  qcow2_close (img);
+  return full;
+}
+
+static uint64_t
+file_count (void)
+{
+  struct qcow2_image *img = file_now ();
+  uint64_t n;
+
+  if (img == NULL)
+    return 0;
+  n = bitmap_count (img->bitmaps[0].bits);
+  qcow2_close (img);
+  return n;
+}
+
+static bool
+region_armed (uint64_t r)
+{
+  const struct track_set *s = atomic_load (&tr->set);
+  _Atomic uint64_t *a = s->t[0].st->armed;
+  return (atomic_load (&a[r >> 6]) >> (r & 63)) & 1;
+}
+
+/* crash-safe, the periodic persist: a region touched in the interval that
+ * its cut ends stays armed (no synced write when it is written again); it
+ * shrinks only once idle for a whole interval; a region touched in every
+ * interval is never disarmed; an explicit persist shrinks every region
+ * not touched since it began.  Regions are 4 MiB = 64 granules.
+ */
+static void
+test_idle_persist (void)
+{
+  struct dbm_err err;
+  int i;
+
+  unlink (path);
+  tr = open_tracker (TRACKER_CRASH_SAFE);
+  CHECK (tracker_mark (tr, 0, 1) == 0);                 /* region 0 */
+  CHECK (tracker_mark (tr, 8 << 20, 1) == 0);           /* region 2 */
+  CHECK (file_region_full (0) && file_region_full (2));
+  /* Cut 1: both were touched in the interval it ends: they stay. */
+  CHECK (tracker_persist_periodic (tr, &err) == 0);
+  CHECK (region_armed (0) && region_armed (2));
+  CHECK (file_region_full (0) && file_region_full (2));
+  CHECK (tracker_dirty (tr));           /* they must shrink later */
+  /* Region 2 stays in use (a first write into a granule in each
+   * interval), region 0 goes idle.
+   */
+  for (i = 1; i <= 4; ++i) {
+    CHECK (tracker_mark (tr, (8 << 20) + i * 65536, 1) == 0);
+    CHECK (tracker_persist_periodic (tr, &err) == 0);
+    /* Cut 2 found region 0 idle for the interval 1..2: exact. */
+    CHECK (!region_armed (0));
+    CHECK (!file_region_full (0));
+    CHECK (region_armed (2));
+    CHECK (file_region_full (2));
+  }
+  CHECK_EQ (file_count (), 1 + 64);
+  /* A write into the idle, disarmed region arms it again (durably). */
+  CHECK (tracker_mark (tr, 65536 * 5, 1) == 0);
+  CHECK (region_armed (0) && file_region_full (0));
+  /* An explicit persist shrinks everything not touched since its cut,
+   * however recently: the file is exact.
+   */
+  CHECK (tracker_persist (tr, &err) == 0);
+  CHECK (!region_armed (0) && !region_armed (2));
+  CHECK_EQ (file_count (), 2 + 5);
+  CHECK (!tracker_dirty (tr));
+  CHECK (tracker_close (tr, &err) == 0);
+  CHECK_EQ (file_count (), 2 + 5);
+}
+
+/* bitmap-region not given: an export over TRACKER_AUTO_REGIONS * 64M gets
+ * regions doubled until it has at most that many, recorded in the file's
+ * header (the crash report reads it from there); a chosen size, or a
+ * small export, keeps its region.
+ */
+static void
+test_auto_region (void)
+{
+  static const struct { uint64_t size; bool dflt; uint64_t want; } c[] = {
+    { UINT64_C (2) << 40, true, UINT64_C (512) << 20 },
+    { UINT64_C (2) << 40, false, UINT64_C (64) << 20 },
+    { UINT64_C (256) << 30, true, UINT64_C (64) << 20 },
+    { (UINT64_C (256) << 30) + 512, true, UINT64_C (128) << 20 },
+    { UINT64_C (1) << 30, true, UINT64_C (64) << 20 },
+  };
+  size_t i;
+
+  for (i = 0; i < sizeof c / sizeof c[0]; ++i) {
+    struct tracker_config cfg = {
+      .path = path, .layout = QCOW2_LAYOUT_QEMU, .bitmap_name = "b",
+      .granularity_bits = 16, .mode = TRACKER_CRASH_SAFE,
+      .in_use_policy = IN_USE_DIRTY, .region_size = UINT64_C (64) << 20,
+      .region_default = c[i].dflt,
+    };
+    struct qcow2_image *img;
+    struct dbm_err err;
+    struct tracker *t;
+    const struct track_set *s;
+
+    unlink (path);
+    if (tracker_open (&cfg, &t, &err) == -1 ||
+        tracker_set_size (t, c[i].size, &err) == -1) {
+      fprintf (stderr, "tracker: %s\n", err.msg);
+      CHECK (!"tracker open");
+      continue;
+    }
+    CHECK_EQ (t->cfg.region_size, c[i].want);
+    s = atomic_load (&t->set);
+    CHECK_EQ (UINT64_C (1) << (s->t[0].region_shift + 16), c[i].want);
+    CHECK (s->t[0].st->nregions <= TRACKER_AUTO_REGIONS + 1 || !c[i].dflt);
+    CHECK (tracker_mark (t, c[i].size - 512, 512) == 0);
+    tracker_free (t);           /* a crash: the header says the region */
+    CHECK (qcow2_open (path, 0, &img, &err) == 0);
+    if (img) {
+      CHECK_EQ (img->dbm_region_size, c[i].want);
+      /* The last region is all-ones, nothing else is set. */
+      uint64_t start = (c[i].size - 512) / c[i].want * c[i].want;
+      CHECK_EQ (bitmap_count (img->bitmaps[0].bits),
+                (c[i].size - start + 65535) >> 16);
+      qcow2_close (img);
+    }
+  }
+  unlink (path);
+}
+
 int
 main (void)
 {
@@ -407,6 +561,8 @@ main (void)
   snprintf (path, sizeof path, "%s/bitmaps.qcow2", dir);
   test_crash_safe_concurrent ();
   test_bound ();
+  test_idle_persist ();
+  test_auto_region ();
   test_qemu_mode ();
   test_quiesce ();
   test_deferred ();
