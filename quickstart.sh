@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start for nbdkit-dirtybitmap.
 #   ./quickstart.sh demo    install, build, write through the filter, show the bitmap
+#                           in both layouts (tools/examples/demo.sh)
 #   ./quickstart.sh check   install, build, run the whole test suite
 #   ./quickstart.sh build   install and build only
 set -euo pipefail
@@ -48,25 +49,8 @@ summary () {
 case "${1:-}" in
 demo)
     build
-    export PATH=/usr/bin:$PATH
-    d=$(mktemp -d)
-    echo "== nbdkit --filter=dirtybitmap memory 1G bitmap-file=$d/disk.bitmaps.qcow2"
-    nbdkit -U - --filter="$PWD/.libs/nbdkit-dirtybitmap-filter.so" memory 1G \
-        bitmap-file="$d/disk.bitmaps.qcow2" \
-        --run 'nbdsh -u "$uri" -c "
-h.pwrite(b\"hello\" * 1000, 0)
-h.zero(1 << 20, 100 << 20)
-h.trim(65536, 512 << 20)
-h.flush()"'
-    echo "== qemu-img info $d/disk.bitmaps.qcow2"
-    qemu-img info "$d/disk.bitmaps.qcow2"
-    echo "== qemu-img check"
-    qemu-img check "$d/disk.bitmaps.qcow2"
-    echo "== ./dirtybitmap info"
-    ./dirtybitmap info "$d/disk.bitmaps.qcow2"
-    echo "== ./dirtybitmap map (dirty extents)"
-    ./dirtybitmap map "$d/disk.bitmaps.qcow2" dirtybitmap | grep dirty
-    rm -rf "$d"
+    bash tools/examples/demo.sh "$PWD/.libs/nbdkit-dirtybitmap-filter.so" \
+        "$PWD/dirtybitmap"
     ;;
 check)
     build

@@ -352,6 +352,13 @@ choose_region_size (struct tracker *tr)
 
   if (!tr->cfg.region_default || tr->cfg.mode != TRACKER_CRASH_SAFE)
     return;
+  /* A draft container activated before its bitmap for this drive is
+   * added: the export's size, or decide at the commit that adds it.
+   */
+  if (size == 0)
+    size = tr->export_size;
+  if (size == 0)
+    return;
   while (r < TRACKER_MAX_REGION && (size - 1) / r + 1 > TRACKER_AUTO_REGIONS)
     r <<= 1;
   if (r != tr->cfg.region_size)
