@@ -239,6 +239,19 @@ bitmap_count_range (const struct bitmap *bm, uint64_t first, uint64_t end)
   return n;
 }
 
+uint64_t
+bitmap_full_block_bits (const struct bitmap *bm, uint64_t block_bits)
+{
+  uint64_t a, e, n = 0;
+
+  for (a = 0; block_bits && a < bm->nbits; a = e) {
+    e = bm->nbits - a < block_bits ? bm->nbits : a + block_bits;
+    if (bitmap_count_range (bm, a, e) == e - a)
+      n += e - a;
+  }
+  return n;
+}
+
 int
 bitmap_import (struct bitmap *bm, uint64_t byte_offset,
                const unsigned char *buf, size_t len)

@@ -82,6 +82,12 @@ extern uint64_t bitmap_find (const struct bitmap *bm, uint64_t start,
 /* Number of set bits. */
 extern uint64_t bitmap_count (const struct bitmap *bm);
 
+/* Bits lying in blocks of BLOCK_BITS bits (the last one may be shorter)
+ * that are entirely set: what whole all-ones regions account for.
+ */
+extern uint64_t bitmap_full_block_bits (const struct bitmap *bm,
+                                        uint64_t block_bits);
+
 /* Number of set bits in [FIRST, END) (clipped to nbits). */
 extern uint64_t bitmap_count_range (const struct bitmap *bm, uint64_t first,
                                     uint64_t end);

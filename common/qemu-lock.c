@@ -64,6 +64,15 @@ qemu_lock_write (int fd, const char *path, struct dbm_err *err)
   return 0;
 }
 
+bool
+qemu_lock_writer_present (int fd)
+{
+  struct flock fl;
+
+  return ofd (fd, F_OFD_GETLK, F_WRLCK, PERM_BASE + PERM_WRITE, &fl) == 0 &&
+    fl.l_type != F_UNLCK;
+}
+
 int
 qemu_lock_new_file (int fd, struct dbm_err *err)
 {

@@ -6,6 +6,8 @@
 #ifndef DBM_QEMU_LOCK_H
 #define DBM_QEMU_LOCK_H
 
+#include <stdbool.h>
+
 #include "dbm-error.h"
 
 /* Lock FD as an exclusive writer (like qemu-io read-write): bytes 100, 101,
@@ -13,6 +15,11 @@
  * locks.
  */
 extern int qemu_lock_write (int fd, const char *path, struct dbm_err *err);
+
+/* Does another process hold the write permission (a running nbdkit with
+ * this filter, or QEMU writing)?  Takes no lock.
+ */
+extern bool qemu_lock_writer_present (int fd);
 
 /* qemu_lock_write for a new file not yet at its path (the temporary file
  * of a rewrite), in the shape qcow2_commit's lock callback takes.

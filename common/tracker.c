@@ -237,7 +237,7 @@ report_unclean (struct qcow2_image *img, const char *name,
     struct qcow2_bitmap *b = &img->bitmaps[i];
     const struct bitmap *bm = b->bits;
     uint64_t region_bits = img->dbm_region_size >> b->granularity_bits;
-    uint64_t dirty = bitmap_count (bm), full = 0, r, bit;
+    uint64_t dirty = bitmap_count (bm), full;
 
     if (b->inconsistent || (b->flags & BME_FLAG_IN_USE) ||
         (name && strcmp (name, b->name) != 0))
@@ -250,13 +250,7 @@ report_unclean (struct qcow2_image *img, const char *name,
     }
     if (region_bits < 64)
       region_bits = 64;
-    for (r = 0; r * region_bits < bm->nbits; ++r) {
-      uint64_t end = (r + 1) * region_bits < bm->nbits
-        ? (r + 1) * region_bits : bm->nbits;
-      bit = bitmap_find (bm, r * region_bits, false);
-      if (bit >= end)
-        full += end - r * region_bits;
-    }
+    full = bitmap_full_block_bits (bm, region_bits);
     log ("%s: the previous run did not shut down cleanly; bitmap '%s' "
          "covers every write it forwarded: %" PRIu64 " bytes dirty, of "
          "which at most %" PRIu64 " in regions pre-marked as a precaution",

@@ -178,6 +178,14 @@ b = [x for x in st["bitmaps"] if x["tracked"]][0]
 assert st["writers"] == 1, st
 # One 64K granule dirty in a 4M region written all-ones: 63 granules extra.
 assert b["dirty_bytes"] == 65536 and b["premarked_bytes"] == 63 * 65536, b
+# The file, read as it is: a live writer, and at most one whole region
+# of its dirty bytes pre-marked.
+import os, subprocess
+i = json.loads(subprocess.run([os.environ["DIRTYBITMAP"], "info", "pm.qcow2",
+                               "--json"], capture_output=True, check=True,
+                              text=True).stdout)
+assert i["writer"] == "live", i
+assert i["bitmaps"][0]["premarked_bytes_max"] == 4 << 20, i
 assert ask("persist") == "ok"
 b = [x for x in status()["bitmaps"] if x["tracked"]][0]
 assert b["premarked_bytes"] == 0, b
@@ -189,4 +197,12 @@ for i in range(100):
     time.sleep(0.05)
 assert status()["writers"] == 0
 PY
+kill -9 "$(cat pid.d)"
+for i in $(seq 100); do kill -0 "$(cat pid.d)" 2>/dev/null || break; sleep 0.1; done
+$D info pm.qcow2 --json | "$PYTHON" -c 'import json,sys; i=json.load(sys.stdin); assert i["writer"] == "crashed", i' ||
+    fail "info after kill -9: $($D info pm.qcow2 --json)"
+"$NBDKIT" -U - --filter="$FILTER" memory 64M bitmap-file=$PWD/pm.qcow2 \
+    --run 'nbdsh -u "$uri" -c pass' 2>/dev/null
+$D info pm.qcow2 --json | "$PYTHON" -c 'import json,sys; i=json.load(sys.stdin); assert i["writer"] == "none" and i["bitmaps"][0]["premarked_bytes_max"] == 0, i' ||
+    fail "info after a clean stop: $($D info pm.qcow2 --json)"
 echo OK

@@ -272,6 +272,24 @@ print_strip (const struct bitmap *bm)
   printf ("    [%s]\n", line);
 }
 
+/* crash-safe files: the most of B's dirty bytes that are whole regions
+ * written all-ones by a writer that is running or crashed (their exact
+ * bits are unknown on disk); 0 for a file no writer has open.
+ */
+static uint64_t
+premarked_max (const struct qcow2_image *img, const struct qcow2_bitmap *b)
+{
+  uint64_t rbits, n;
+
+  if (!(img->dbm_state & DBM_STATE_RUNNING) || img->dbm_region_size == 0 ||
+      b->bits == NULL || !qcow2_bitmap_enabled (img, b))
+    return 0;
+  rbits = img->dbm_region_size >> b->granularity_bits;
+  n = bitmap_full_block_bits (b->bits, rbits < 64 ? 64 : rbits);
+  n <<= b->granularity_bits;
+  return n < b->size ? n : b->size;
+}
+
 static int
 cmd_info (int argc, char **argv)
 {
@@ -281,6 +299,7 @@ cmd_info (int argc, char **argv)
          "bytes.\n");
   struct qcow2_image *img;
   struct dbm_err err;
+  const char *writer;
   uint64_t vsize;
   uint32_t i;
 
@@ -289,12 +308,18 @@ cmd_info (int argc, char **argv)
     return 1;
   }
   vsize = qcow2_virtual_size (img);
+  /* A writer is live if it holds QEMU's write lock; one that left the
+   * running flag set without holding it crashed.
+   */
+  writer = qemu_lock_writer_present (img->fd) ? "live"
+    : (img->dbm_state & DBM_STATE_RUNNING) ? "crashed" : "none";
   if (o.json) {
     printf ("{\"file\": ");
     json_string (img->path);
     printf (", \"layout\": \"%s\", \"virtual_size\": %" PRIu64
-            ", \"cluster_size\": %" PRIu64 ", \"bitmaps\": [",
-            qcow2_layout_name (img->layout), vsize, img->cluster_size);
+            ", \"cluster_size\": %" PRIu64 ", \"writer\": \"%s\", "
+            "\"bitmaps\": [", qcow2_layout_name (img->layout), vsize,
+            img->cluster_size, writer);
   }
   else {
     printf ("file: %s\nlayout: %s\nvirtual size: %" PRIu64 "\n"
@@ -325,8 +350,9 @@ cmd_info (int argc, char **argv)
       if (b->inconsistent)
         printf (", \"dirty_bytes\": null, \"dirty_percent\": null}");
       else
-        printf (", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %.2f}",
-                d, pct);
+        printf (", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %.2f"
+                ", \"premarked_bytes_max\": %" PRIu64 "}", d, pct,
+                premarked_max (img, b));
     }
     else {
       fputs ("  ", stdout);
