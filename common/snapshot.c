@@ -156,14 +156,6 @@ break_locked (struct snapshot *s, const char *why)
   return true;
 }
 
-void
-snapshot_break (struct snapshot *s, const char *why)
-{
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
-
-  break_locked (s, why);
-}
-
 static bool
 all_zero (const unsigned char *p, size_t len)
 {

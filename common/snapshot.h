@@ -11,10 +11,11 @@
  *   RELEASED   ended by snapshot_release: writes ignore it, reads fail
  *              with EIO, the store is empty (its space freed)
  *
- *   ACTIVE -> BROKEN     snapshot_break, under lock (a writer's failed
- *                        copy, or the filter)
+ *   ACTIVE -> BROKEN     a writer's copy that failed (snapshot_before_write),
+ *                        under lock
  *   ACTIVE, BROKEN -> RELEASED   snapshot_release, under lock; the store
- *                        is truncated once no operation is inside (ops)
+ *                        is emptied and closed once no operation is inside
+ *                        (ops)
  *
  * Each granule of the export at the cut is, in the slot map:
  *
@@ -143,9 +144,6 @@ extern bool snapshot_untouched (struct snapshot *s, uint64_t offset,
  * preserve, so that it knows when it is complete.
  */
 extern void snapshot_seal (struct snapshot *s);
-
-/* Mark S broken, saying WHY (the first cause is kept). */
-extern void snapshot_break (struct snapshot *s, const char *why);
 
 /* End S: it copies nothing more and every read fails; the store is
  * closed (its space freed) once no read or copy is inside.

@@ -476,6 +476,20 @@ status_line (struct dbm_err *err)
 
 enum snap_variant { SNAP_NONE, SNAP_FULL, SNAP_DIRTY };
 
+/* A snapshot made for a checkpoint that did not happen: forget it, and
+ * if it was to be the first, the file's note that snapshots are live.
+ */
+static int
+drop_new_snapshot (struct snapshot *s, bool first)
+{
+  struct dbm_err ignored;
+
+  snapshot_unref (s, false);
+  if (first)
+    tracker_note_snapshots (tracker, false, &ignored);
+  return -1;
+}
+
 /* checkpoint NAME [GRANULARITY] [--snapshot[=full|dirty]]: the
  * checkpoint, then (if asked) the snapshot frozen just after its cut.
  * The store is made first, so that the checkpoint is not taken when the
@@ -521,25 +535,13 @@ checkpoint_command (const char *name, unsigned g, enum snap_variant v,
   /* Writers pause from here to the thaw: the cut, the save of the old
    * bitmaps and the snapshot meet at one instant (snapshots.h).
    */
-  if (snapshots_freeze (&snaps, s, err) == -1) {
-    struct dbm_err ignored;
-
-    snapshot_unref (s, false);
-    if (first)
-      tracker_note_snapshots (tracker, false, &ignored);
-    return -1;
-  }
+  if (snapshots_freeze (&snaps, s, err) == -1)
+    return drop_new_snapshot (s, first);
   r = tracker_checkpoint_frozen (tracker, name, g, readable, &taken, err);
   keep = taken && !(r == -1 && err->errnum == ENOMEM);
   snapshots_thaw (&snaps, keep);
-  if (!keep) {
-    struct dbm_err ignored;
-
-    snapshot_unref (s, false);
-    if (first)
-      tracker_note_snapshots (tracker, false, &ignored);
-    return -1;
-  }
+  if (!keep)
+    return drop_new_snapshot (s, first);
   log_note ("%s: snapshot '%s' (%s, %" PRIu64 " bytes) is served as export "
             "'%s%s'", bitmap_file, name, v == SNAP_DIRTY ? "dirty" : "full",
             size, SNAPSHOT_EXPORT_PREFIX, name);

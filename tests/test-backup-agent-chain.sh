@@ -15,11 +15,6 @@
 # Each restore point taken is compared with its live snapshot, and each
 # incremental copied exactly its bitmaps' dirty extents.
 source "$srcdir/functions.sh"
-requires qemu-img --version
-requires qemu-nbd --version
-requires nbdcopy --version
-requires nbdinfo --version
-requires "$PYTHON" -c "import nbd"
 source "$srcdir/test-backup-agent-lib.sh"
 
 truncate -s 16M disk.img

@@ -15,11 +15,6 @@
 # Each restore point taken is compared with its live snapshot, and each
 # incremental copied exactly its bitmap's dirty extents.
 source "$srcdir/functions.sh"
-requires qemu-img --version
-requires qemu-nbd --version
-requires nbdcopy --version
-requires nbdinfo --version
-requires "$PYTHON" -c "import nbd"
 requires "$PYTHON" -c "import tqdm"
 source "$srcdir/test-backup-agent-lib.sh"
 

@@ -18,6 +18,13 @@ if [ -z "${tmpdir:-}" ]; then
     exit 0
 fi
 
+# What every backup-agent test needs.
+requires qemu-img --version
+requires qemu-nbd --version
+requires nbdcopy --version
+requires nbdinfo --version
+requires "$PYTHON" -c "import nbd"
+
 AGENT="$PYTHON $srcdir/../tools/examples/backup-agent.py"
 BK=${BK:-bk}
 BFILE=${BFILE:-b.qcow2}

@@ -19,11 +19,6 @@
 #   point 6  incremental, killed after its checkpoint, its snapshot broken
 #            by writes past bitmap-snapshot-max: released, redone
 source "$srcdir/functions.sh"
-requires qemu-img --version
-requires qemu-nbd --version
-requires nbdcopy --version
-requires nbdinfo --version
-requires "$PYTHON" -c "import nbd"
 source "$srcdir/test-backup-agent-lib.sh"
 
 truncate -s 16M disk.img

@@ -18,11 +18,6 @@
 # Then `release` ends the snapshot and removes the consumed bitmap, and at
 # the end every restore point still restores to what was checked.
 source "$srcdir/functions.sh"
-requires qemu-img --version
-requires qemu-nbd --version
-requires nbdcopy --version
-requires nbdinfo --version
-requires "$PYTHON" -c "import nbd"
 source "$srcdir/test-backup-agent-lib.sh"
 SIZE=$((16 << 20))
 
