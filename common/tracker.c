@@ -36,9 +36,11 @@
 
 #include "atomic-file.h"
 #include "cleanup.h"
+#include "bitmap-name.h"
 #include "qemu-lock.h"
 #include "tracker.h"
 #include "regions.h"
+#include "restart-report.h"
 #include "tracker-internal.h"
 
 static void
@@ -183,7 +185,7 @@ build_tracked (struct tracker *tr, struct dbm_err *err)
  */
 static int
 settle_in_use (struct qcow2_image *img, const char *only, bool refuse,
-               void (*log) (const char *fmt, ...), bool *changed,
+               struct restart_report *rep, bool *changed,
                struct dbm_err *err)
 {
   uint32_t i;
@@ -195,17 +197,19 @@ settle_in_use (struct qcow2_image *img, const char *only, bool refuse,
       continue;
     if (only && strcmp (only, b->name) != 0)
       continue;
+    CLEANUP_FREE char *name = dbm_printable_name (b->name);
+
     if (refuse)
       return dbm_seterr (err, EINVAL, "%s: bitmap '%s' is in use or "
                          "inconsistent (the previous writer did not shut "
                          "down cleanly) and bitmap-in-use=refuse is set",
-                         img->path, b->name);
+                         img->path, name ? name : "?");
     if (bitmap_set_bits (b->bits, 0, UINT64_MAX) == -1)
       return dbm_seterr (err, ENOMEM, "out of memory");
     b->inconsistent = false;
     b->flags &= ~BME_FLAG_IN_USE;
-    log ("%s: bitmap '%s' was in use (unclean shutdown): marked entirely "
-         "dirty", img->path, b->name);
+    restart_report_add (rep, "bitmap '%s' was in use (unclean shutdown): "
+                        "marked entirely dirty", name ? name : "?");
     if (changed)
       *changed = true;
   }
@@ -220,51 +224,13 @@ only_tracked_name (const struct tracker *tr)
     : NULL;
 }
 
-/* After a crash in crash-safe mode nothing needs recovering: say so, and
- * how much of the dirty area may be precautionary (whole regions all-ones,
- * an upper bound of what pre-marking added).  NAME limits the report to one
- * bitmap (the draft layout's tracked one), NULL for all.
- */
-static void
-report_unclean (struct qcow2_image *img, const char *name,
-                void (*log) (const char *fmt, ...))
-{
-  uint32_t i;
-
-  if (!(img->dbm_state & DBM_STATE_RUNNING))
-    return;
-  for (i = 0; i < img->nb_bitmaps; ++i) {
-    struct qcow2_bitmap *b = &img->bitmaps[i];
-    const struct bitmap *bm = b->bits;
-    uint64_t region_bits = img->dbm_region_size >> b->granularity_bits;
-    uint64_t dirty = bitmap_count (bm), full;
-
-    if (b->inconsistent || (b->flags & BME_FLAG_IN_USE) ||
-        (name && strcmp (name, b->name) != 0))
-      continue;
-    if (img->dbm_region_size == 0) {
-      log ("%s: the previous run did not shut down cleanly; bitmap '%s': "
-           "%" PRIu64 " bytes dirty", img->path, b->name,
-           dirty << b->granularity_bits);
-      continue;
-    }
-    if (region_bits < 64)
-      region_bits = 64;
-    full = bitmap_full_block_bits (bm, region_bits);
-    log ("%s: the previous run did not shut down cleanly; bitmap '%s' "
-         "covers every write it forwarded: %" PRIu64 " bytes dirty, of "
-         "which at most %" PRIu64 " in regions pre-marked as a precaution",
-         img->path, b->name, dirty << b->granularity_bits,
-         full << b->granularity_bits);
-  }
-}
-
 int
 tracker_recover_offline (const char *path,
                          void (*log) (const char *fmt, ...),
                          struct dbm_err *err)
 {
   struct qcow2_image *img;
+  struct restart_report rep;
   bool changed = false;
   int r;
 
@@ -275,11 +241,14 @@ tracker_recover_offline (const char *path,
     qcow2_close (img);
     return -1;
   }
-  report_unclean (img, NULL, log);
+  restart_report_begin (&rep, path, log);
+  restart_report_unclean (&rep, img, NULL);
   if (img->dbm_state & DBM_STATE_RUNNING)
     changed = true;
   img->dbm_state &= ~DBM_STATE_RUNNING;
-  if (settle_in_use (img, NULL, false, log, &changed, err) == -1) {
+  r = settle_in_use (img, NULL, false, &rep, &changed, err);
+  restart_report_end (&rep);
+  if (r == -1) {
     qcow2_close (img);
     return -1;
   }
@@ -444,6 +413,8 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
 {
   struct tracker *tr;
   struct stat st;
+  struct restart_report rep;
+  int r;
   uint32_t *old_flags;
   uint32_t i;
 
@@ -525,16 +496,18 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   }
   for (i = 0; i < tr->img->nb_bitmaps; ++i)
     old_flags[i] = tr->img->bitmaps[i].flags;
-  report_unclean (tr->img, only_tracked_name (tr), tr->cfg.log);
+  restart_report_begin (&rep, tr->cfg.path, tr->cfg.log);
+  restart_report_unclean (&rep, tr->img, only_tracked_name (tr));
   if ((tr->img->dbm_state & (DBM_STATE_RUNNING | DBM_STATE_SNAPSHOTS)) ==
       (DBM_STATE_RUNNING | DBM_STATE_SNAPSHOTS))
-    tr->cfg.log ("%s: point-in-time snapshots were live when the previous "
-                 "run stopped uncleanly: they are lost (snapshots do not "
-                 "survive a restart; the bitmaps are not affected)",
-                 tr->cfg.path);
-  if (settle_in_use (tr->img, only_tracked_name (tr),
-                     tr->cfg.in_use_policy == IN_USE_REFUSE, tr->cfg.log,
-                     NULL, err) == -1)
+    restart_report_add (&rep, "point-in-time snapshots were live when the "
+                        "previous run stopped uncleanly: they are lost "
+                        "(snapshots do not survive a restart; the bitmaps "
+                        "are not affected)");
+  r = settle_in_use (tr->img, only_tracked_name (tr),
+                     tr->cfg.in_use_policy == IN_USE_REFUSE, &rep, NULL, err);
+  restart_report_end (&rep);
+  if (r == -1)
     goto fail;
   /* A draft bitmap is sized from the export: added in tracker_set_size. */
   if (tr->img->layout == QCOW2_LAYOUT_QEMU &&

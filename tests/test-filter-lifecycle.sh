@@ -223,6 +223,18 @@ qemu-img bitmap --add $g extra
 [ "$(stat -c %i $g)" != "$ino" ] || fail "a QEMU-rewritten file was not rewritten"
 qemu_check $g
 "$DIRTYBITMAP" remove $g extra
+# Several bitmaps, one crash: one line says it all, naming each.
+m=$PWD/multi.qcow2
+"$DIRTYBITMAP" create $m --size $size
+"$DIRTYBITMAP" add $m second
+start_nbdkit pid5 $PWD/s5.sock memory $size bitmap-file=$m
+nbdsh -u "nbd+unix:///?socket=$PWD/s5.sock" -c 'h.pwrite(b"x" * 4096, 0)'
+kill -9 "$(cat pid5)"; sleep 0.5
+"$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$m --run true 2> err
+[ "$(grep -c 'did not shut down cleanly' err)" = 1 ] ||
+    { cat err; fail "the restart report is not one line"; }
+grep -q "cleanly; bitmap 'dirtybitmap' covers every write it forwarded: [0-9]* bytes dirty, of which at most [0-9]* in regions pre-marked as a precaution; bitmap 'second' covers every write" err ||
+    { cat err; fail "the restart report does not name each bitmap"; }
 # After a clean shutdown there is nothing to report.
 "$NBDKIT" --filter="$FILTER" memory $size bitmap-file=$g --run true 2> err
 grep -q "did not shut down cleanly" err && fail "clean shutdown reported as unclean"
