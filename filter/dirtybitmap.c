@@ -21,6 +21,7 @@
 #include <libgen.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nbdkit-filter.h>
@@ -28,9 +29,12 @@
 #include "bitmap-name.h"
 #include "cleanup.h"
 #include "control.h"
+#include "log-limit.h"
 #include "parse-size.h"
 #include "snapshots.h"
+#include "tracked-export.h"
 #include "tracker.h"
+
 
 /* -D dirtybitmap.verbose=1 */
 NBDKIT_DLL_PUBLIC int dirtybitmap_debug_verbose = 0;
@@ -50,6 +54,7 @@ static bool region_default = true;      /* bitmap-region not given */
 static unsigned persist_interval = 30;
 static char *control_path;
 static char *snapshot_dir;              /* bitmap-snapshot-dir */
+static struct tracked_export texport = TRACKED_EXPORT_INIT;
 static uint64_t snapshot_max;           /* bitmap-snapshot-max, 0: none */
 static unsigned snapshot_granule_bits = 16;
 
@@ -65,6 +70,7 @@ static _Atomic bool quitting;
 
 struct conn {
   bool untracked;               /* served read-only: see prepare */
+  bool other_export;            /* not bitmap-export: see open */
   bool writer;                  /* counted in writers */
   struct snapshot *snap;        /* a snapshot's export: see open */
 };
@@ -101,6 +107,49 @@ log_note (const char *fmt, ...)
     fprintf (stderr, "%s%s\n", prefix, msg);
 }
 
+/* An error a fault may repeat on every request: at most LOG_LIMIT_BURST
+ * a minute from each call site, the next one saying how many were
+ * dropped in between.
+ */
+static void
+__attribute__ ((format (printf, 2, 3)))
+limited_error (struct log_limit *ll, const char *fmt, ...)
+{
+  va_list ap;
+  char msg[1024];
+  uint64_t dropped;
+
+  if (!log_limit_allow_now (ll, &dropped))
+    return;
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  if (dropped)
+    nbdkit_error ("%s (%" PRIu64 " more like it not logged)", msg, dropped);
+  else
+    nbdkit_error ("%s", msg);
+}
+
+/* limited_error for a note (log_note). */
+static void
+__attribute__ ((format (printf, 2, 3)))
+limited_note (struct log_limit *ll, const char *fmt, ...)
+{
+  va_list ap;
+  char msg[1024];
+  uint64_t dropped;
+
+  if (!log_limit_allow_now (ll, &dropped))
+    return;
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  if (dropped)
+    log_note ("%s (%" PRIu64 " more like it not logged)", msg, dropped);
+  else
+    log_note ("%s", msg);
+}
+
 static void restore_quit_handlers (void);
 
 static void
@@ -116,6 +165,7 @@ dirtybitmap_unload (void)
   free (bitmap_file);
   free (control_path);
   free (snapshot_dir);
+  tracked_export_fini (&texport);
 }
 
 static int
@@ -206,6 +256,13 @@ dirtybitmap_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     control_path = nbdkit_absolute_path (value);
     return control_path ? 0 : -1;
   }
+  if (strcmp (key, "bitmap-export") == 0) {
+    if (tracked_export_set (&texport, value) == -1) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "bitmap-snapshot-dir") == 0) {
     if (*value == '\0') {
       nbdkit_error ("bitmap-snapshot-dir: must not be empty");
@@ -274,6 +331,8 @@ dirtybitmap_config_complete (nbdkit_next_config_complete *next,
   "bitmap-region=<SIZE>      crash-safe: region pre-marked on first write\n" \
   "                          (64M, larger for exports over 256G).\n" \
   "bitmap-persist-interval=<SECS> crash-safe: exact persist period (30).\n" \
+  "bitmap-export=<NAME>      The export recorded (default: the plugin's\n" \
+  "                          default); others are served read-only.\n" \
   "bitmap-control=<SOCKET>   Unix socket for status/checkpoint/persist/remove.\n" \
   "bitmap-snapshot-dir=<DIR> Where snapshot stores go (the bitmap file's).\n" \
   "bitmap-snapshot-max=<SIZE> Cap on each snapshot's store (none).\n" \
@@ -647,30 +706,77 @@ control_command (const char *line)
   return out;
 }
 
-/* Learn the size of the plugin's default export now, through a context
- * of our own, so that a checkpoint works before the first client: the
- * file is then created from this size.  Nothing is written here (a
- * read-only server still leaves the file alone unless a checkpoint is
- * asked for).  A plugin that cannot open yet (say, nbd with its server
- * not up) is simply asked again by the first connection.
+/* The tracked export's size through a plugin context of our own, or -1.
+ * Runs in a child process (probe_size): some plugins cannot be opened
+ * without a client (nbdkit 1.32's file plugin with dir= calls
+ * nbdkit_export_name in its open, gets NULL and crashes).
  */
-static void
-learn_size (nbdkit_backend *backend)
+static int64_t
+size_from_context (nbdkit_backend *backend)
 {
-  nbdkit_next *next = nbdkit_next_context_open (backend, 1, "", 1);
+  nbdkit_next *next = nbdkit_next_context_open (backend, 1,
+                                                tracked_export_name (&texport),
+                                                1);
   int64_t size = -1;
 
   if (next == NULL)
-    return;
+    return -1;
   if (next->prepare (next) == 0) {
     size = next->get_size (next);
     next->finalize (next);
   }
   nbdkit_next_context_close (next);
-  if (size > 0) {
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
-    start_size = size;
+  return size;
+}
+
+/* Learn the size of the tracked export (bitmap-export) now, so that a
+ * checkpoint works before the first client: the file is then created
+ * from this size.  Nothing is written here (a read-only server still
+ * leaves the file alone unless a checkpoint is asked for).  The plugin is
+ * opened in a forked child (nbdkit is still single-threaded here: our
+ * threads start after this), its stderr silenced, so that a plugin that
+ * needs a client to open, fails or crashes costs only a note: the first
+ * connection then learns the size, as it always does.
+ */
+static void
+learn_size (nbdkit_backend *backend)
+{
+  int fds[2], status, devnull;
+  int64_t size = -1;
+  ssize_t n = 0, r;
+  pid_t pid;
+
+  if (pipe2 (fds, O_CLOEXEC) == -1)
+    return;
+  fflush (NULL);
+  pid = fork ();
+  if (pid == 0) {
+    close (fds[0]);
+    devnull = open ("/dev/null", O_WRONLY);
+    if (devnull >= 0)
+      dup2 (devnull, STDERR_FILENO);
+    size = size_from_context (backend);
+    r = write (fds[1], &size, sizeof size);
+    _exit (r == sizeof size ? 0 : 1);
   }
+  close (fds[1]);
+  if (pid > 0) {
+    while (n < (ssize_t) sizeof size &&
+           ((r = read (fds[0], (char *) &size + n, sizeof size - n)) > 0 ||
+            (r == -1 && errno == EINTR)))
+      n += r > 0 ? r : 0;
+    while (waitpid (pid, &status, 0) == -1 && errno == EINTR)
+      ;
+  }
+  close (fds[0]);
+  if (n != (ssize_t) sizeof size || size <= 0) {
+    log_note ("%s: the size of the export could not be learnt at start "
+              "(the plugin may need a client to open it): the file and "
+              "checkpoints wait for the first connection", bitmap_file);
+    return;
+  }
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
+  start_size = size;
 }
 
 static int
@@ -763,7 +869,7 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
   /* Read-only and sized at its cut; the export beneath is asked its
    * size all the same (nbdkit checks our reads of it against that).
    */
-  if (c->snap)
+  if (c->snap || c->other_export)
     return next->get_size (next) == -1 ? -1 : 0;
   /* Nothing can be written through this connection (nbdkit -r, or a
    * plugin that cannot write): it needs no bitmap, and must not create or
@@ -793,15 +899,18 @@ dirtybitmap_prepare (nbdkit_next *next, void *handle, int readonly)
 }
 
 /* Per connection: whether it is served read-only because its writes
- * could not be tracked (see prepare), or is a snapshot's export
- * ("snapshot:NAME"): then the plugin's default export is read beneath.
+ * could not be tracked (see prepare) or it is another export than the
+ * tracked one (tracked-export.h), or is a snapshot's export
+ * ("snapshot:NAME"): then the tracked export is read beneath.
  */
 static void *
 dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *nxdata,
                   int readonly, const char *exportname, int is_tls)
 {
+  static struct log_limit other_ll = LOG_LIMIT_INIT;
   size_t plen = strlen (SNAPSHOT_EXPORT_PREFIX);
   struct snapshot *snap = NULL;
+  bool other = false;
   struct conn *c;
 
   if (strncmp (exportname, SNAPSHOT_EXPORT_PREFIX, plen) == 0) {
@@ -813,7 +922,18 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *nxdata,
       return NULL;
     }
     readonly = 1;
-    exportname = "";
+    exportname = tracked_export_name (&texport);
+  }
+  else if (!readonly && !tracked_export_is (&texport, exportname)) {
+    CLEANUP_FREE char *shown = dbm_printable_name (exportname);
+    CLEANUP_FREE char *tracked =
+      dbm_printable_name (tracked_export_name (&texport));
+
+    limited_note (&other_ll, "%s: export '%s' is served read-only: this "
+                  "file records writes to export '%s' only (bitmap-export)",
+                  bitmap_file, shown ? shown : "?", tracked ? tracked : "?");
+    readonly = 1;
+    other = true;
   }
   c = calloc (1, sizeof *c);
   if (c == NULL || next (nxdata, readonly, exportname) == -1) {
@@ -825,6 +945,7 @@ dirtybitmap_open (nbdkit_next_open *next, nbdkit_context *nxdata,
     return NULL;
   }
   c->snap = snap;
+  c->other_export = other;
   return c;
 }
 
@@ -838,6 +959,20 @@ dirtybitmap_close (void *handle)
   if (c->writer)
     atomic_fetch_sub (&writers, 1);
   free (c);
+}
+
+/* The default export's own name (tracked-export.h). */
+static const char *
+dirtybitmap_default_export (nbdkit_next_default_export *next,
+                            nbdkit_backend *nxdata, int readonly, int is_tls)
+{
+  const char *name = next (nxdata, readonly);
+
+  if (name && tracked_export_saw_default (&texport, name) == -1) {
+    nbdkit_error ("dirtybitmap: strdup: %m");
+    return NULL;
+  }
+  return name;
 }
 
 /* The snapshots are exports of this server too. */
@@ -938,7 +1073,9 @@ dirtybitmap_pread (nbdkit_next *next, void *handle, void *buf,
     return next->pread (next, buf, count, offset, flags, err);
   if (snapshot_read (c->snap, buf, count, offset, read_next, next, err, msg,
                      sizeof msg) == -1) {
-    nbdkit_error ("dirtybitmap: %s", msg);
+    static struct log_limit ll = LOG_LIMIT_INIT;
+
+    limited_error (&ll, "dirtybitmap: %s: %s", bitmap_file, msg);
     return -1;
   }
   return 0;
@@ -1020,7 +1157,10 @@ dirtybitmap_extents (nbdkit_next *next, void *handle, uint32_t count,
     return next->extents (next, count, offset, flags, extents, err);
   snapshot_map (c->snap, offset, count, collect_run, &rs);
   if (rs.failed) {
-    nbdkit_error ("dirtybitmap: extents: out of memory");
+    static struct log_limit ll = LOG_LIMIT_INIT;
+
+    limited_error (&ll, "dirtybitmap: %s: extents: out of memory",
+                   bitmap_file);
     *err = ENOMEM;
     free (rs.v);
     return -1;
@@ -1055,7 +1195,9 @@ save (int *err)
   if (mode != TRACKER_QEMU)
     return 0;
   if (tracker_persist (tracker, &e) == -1) {
-    nbdkit_error ("%s", e.msg);
+    static struct log_limit ll = LOG_LIMIT_INIT;
+
+    limited_error (&ll, "%s", e.msg);
     *err = EIO;
     return -1;
   }
@@ -1076,7 +1218,9 @@ dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   if (next->flush (next, 0, err) == -1)
     return -1;
   if (tracker_flush (tracker, &e) == -1) {
-    nbdkit_error ("%s", e.msg);
+    static struct log_limit ll = LOG_LIMIT_INIT;
+
+    limited_error (&ll, "%s", e.msg);
     *err = EIO;
     return -1;
   }
@@ -1099,8 +1243,11 @@ enter_and_mark (nbdkit_next *next, uint64_t offset, uint32_t count, int *err)
     if (tracker_mark_inside (tracker, offset, count) == -1) {
       *err = errno ? errno : EIO;
       epoch_leave (e);
-      nbdkit_error ("dirtybitmap: cannot record write at %" PRIu64 "+%"
-                    PRIu32 ": %s", offset, count, strerror (*err));
+      static struct log_limit ll = LOG_LIMIT_INIT;
+
+      limited_error (&ll, "dirtybitmap: %s: cannot record write at %" PRIu64
+                     "+%" PRIu32 " (refused): %s", bitmap_file, offset, count,
+                     strerror (*err));
       return NULL;
     }
     if (snapshots_before_write (&snaps, offset, count, read_next, next))
@@ -1224,6 +1371,7 @@ static struct nbdkit_filter filter = {
   .close             = dirtybitmap_close,
   .prepare           = dirtybitmap_prepare,
   .list_exports      = dirtybitmap_list_exports,
+  .default_export    = dirtybitmap_default_export,
   .get_size          = dirtybitmap_get_size,
   .can_write         = dirtybitmap_can_write,
   .can_multi_conn    = dirtybitmap_can_multi_conn,
