@@ -150,6 +150,24 @@ $D create d.qcow2 --size 300T 2> err; [ $? -eq 1 ] || fail "300T at 64K accepted
 grep -q "larger granularity" err || fail "300T message"
 set -e
 [ ! -e d.qcow2 ] || fail "failed create left a file"
+# check: its findings are its output (stdout), the valid file's report
+# too; a file it cannot look at is an error like any command's (stderr,
+# prefixed, one line).
+$D check a.qcow2 > out 2> err || fail "check a.qcow2: exit $?"
+[ "$(cat out)" = "a.qcow2: no errors found" ] && [ ! -s err ] ||
+    fail "check of a valid file: stdout '$(cat out)', stderr '$(cat err)'"
+set +e
+$D check nosuch.qcow2 > out 2> err; rc=$?
+set -e
+[ $rc = 1 ] && [ ! -s out ] && [ "$(wc -l < err)" = 1 ] &&
+    grep -qx "dirtybitmap: nosuch.qcow2: open: No such file or directory" err ||
+    fail "check of a missing file: exit $rc, stdout '$(cat out)', stderr '$(cat err)'"
+printf 'junk' > junk.qcow2
+set +e
+$D check junk.qcow2 > out 2> err; rc=$?
+set -e
+[ $rc = 1 ] && [ ! -s err ] && grep -q "^junk.qcow2: file is 4 bytes, too short" out ||
+    fail "check of an invalid file: exit $rc, stdout '$(cat out)', stderr '$(cat err)'"
 # info draws each bitmap's dirty density across the disk: 64 slices,
 # ' ' clean to '@' all dirty; a slice with any dirty bit is never blank.
 rm -f strip.qcow2

@@ -629,6 +629,20 @@ report_problems (const struct qcow2_image *img)
   return n;
 }
 
+/* check's findings about a file are its output, on stdout: a file that
+ * opens as invalid (bad data, EINVAL) is one of them.  Not being able to
+ * look at the file at all (missing, no permission, an I/O error, out of
+ * memory) is an error like any other command's: stderr, prefixed.
+ */
+static void
+check_open_failed (const struct dbm_err *err)
+{
+  if (err->errnum == EINVAL)
+    printf ("%s\n", err->msg);
+  else
+    print_err (err);
+}
+
 static int
 cmd_check (int argc, char **argv)
 {
@@ -644,7 +658,7 @@ cmd_check (int argc, char **argv)
   int n;
 
   if (qcow2_open (path, o.repair ? QCOW2_OPEN_RW : 0, &img, &err) == -1) {
-    printf ("%s\n", err.msg);
+    check_open_failed (&err);
     return 1;
   }
   n = report_problems (img);
@@ -691,7 +705,7 @@ cmd_check (int argc, char **argv)
   qcow2_close (img);
   /* Verify. */
   if (qcow2_open (path, 0, &img, &err) == -1) {
-    printf ("%s\n", err.msg);
+    check_open_failed (&err);
     return 1;
   }
   n = report_problems (img);
