@@ -65,6 +65,7 @@ usage_all (FILE *fp)
 "                                   snapshot:NAME of the cut\n"
 "  release SOCKET NAME              end snapshot NAME, free its store\n"
 "  serve SOCKET NAME --from URI (--socket PATH | --port PORT [--bind ADDR])\n"
+"         [--qemu-nbd PROG]\n"
 "                                   one NBD endpoint for backup agents:\n"
 "                                   snapshot NAME's data, base:allocation\n"
 "                                   and qemu:dirty-bitmap:FROZEN (qemu-nbd)\n"
@@ -72,7 +73,8 @@ usage_all (FILE *fp)
 "  remove SOCKET NAME               remove a disabled bitmap\n"
 "\n"
 "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
-"'%s COMMAND --help' describes one command.\n", prog, prog);
+"'%s COMMAND --help' describes one command; '%s --version' prints the\n"
+"version.\n", prog, prog, prog);
 }
 
 struct cmd {
@@ -944,7 +946,10 @@ do_flags (struct qcow2_image *img, int idx, void *arg)
   }
 
 SIMPLE_EDIT (cmd_remove_file, "remove", do_remove,
-             "Remove bitmap NAME (also allowed when it is inconsistent).\n")
+             "Remove bitmap NAME (also allowed when it is inconsistent).\n"
+             "Given a running filter's control SOCKET instead of FILE "
+             "(remove SOCKET NAME),\nask the filter to remove NAME, a "
+             "disabled bitmap.\n")
 SIMPLE_EDIT (cmd_clear, "clear", do_clear, "Mark bitmap NAME all clean.\n")
 SIMPLE_EDIT (cmd_enable, "enable", do_flags,
              "Set the auto flag: writers must record into bitmap NAME.\n")
