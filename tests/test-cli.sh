@@ -12,6 +12,26 @@ for c in info map check create add remove clear enable disable convert \
          recover status checkpoint persist; do
     $D $c --help | grep -q "^Usage: dirtybitmap $c" || fail "$c --help"
 done
+# The main --help lists every option of every command: each command's
+# entry there (continuation lines included) names the same options as the
+# usage line of 'dirtybitmap COMMAND --help', and the command takes each.
+$D --help > help.txt
+grep -q -- "--version" help.txt || fail "--help does not mention --version"
+for c in $(awk '/^  [a-z]/ { print $1 }' help.txt | sort -u); do
+    $D $c --help > chelp.txt || fail "$c --help: exit $?"
+    main=$(awk -v c="$c" '/^  [a-z]/ { on = ($1 == c) } /^$/ { on = 0 } on' help.txt |
+           { grep -Eo -- '--[a-z][a-z0-9-]*' || true; } | sort -u | tr '\n' ' ')
+    own=$(awk '/^Usage: / { on = 1 } on && /^$/ { exit } on' chelp.txt |
+          { grep -Eo -- '--[a-z][a-z0-9-]*' || true; } | sort -u | tr '\n' ' ')
+    [ "$main" = "$own" ] ||
+        fail "$c: 'dirtybitmap --help' lists '$main', '$c --help' '$own'"
+    for opt in $own; do
+        $D $c $opt --help > /dev/null 2>&1 ||
+            $D $c "$opt=x" --help > /dev/null 2>&1 ||
+            fail "$c does not take $opt, which its --help lists"
+    done
+done
+$D remove --help | grep -q "SOCKET" || fail "remove --help: no SOCKET form"
 
 # Control-socket commands without a server: exit 1, the cause named;
 # a name that cannot travel as one word: usage error (2).
@@ -142,6 +162,13 @@ grep -q -- "--size: '10X' has an unknown unit" err || fail "bad unit message"
 $D create d.qcow2 --size 1G --granularity 3000 2> err; [ $? -eq 2 ] || fail "gran exit"
 grep -q -- "--granularity: 3000 is not a power of two" err || fail "gran message"
 $D create d.qcow2 --size 1G --granularity 256 2> err; [ $? -eq 2 ] || fail "gran range"
+grep -q -- "--granularity: 256 is outside 512\.\." err || fail "gran range message: $(cat err)"
+[ "$(wc -l < err)" = 1 ] || fail "gran range: not one line: $(cat err)"
+$D create g.qcow2 --size 1M --granularity 256 2> err; [ $? -eq 2 ] || fail "1M at 256: exit"
+[ "$(wc -l < err)" = 1 ] && grep -q -- "--granularity" err || fail "1M at 256: $(cat err)"
+[ ! -e g.qcow2 ] || fail "create --granularity 256 left a file"
+$D add a.qcow2 fine --granularity 256 2> err; [ $? -eq 2 ] || fail "add at 256: exit"
+grep -q -- "--granularity: 256 is outside" err || fail "add at 256: $(cat err)"
 $D create d.qcow2 2> err; [ $? -eq 2 ] || fail "missing --size exit"
 $D info 2> err; [ $? -eq 2 ] || fail "missing FILE exit"
 $D frobnicate 2> err; [ $? -eq 2 ] || fail "unknown command exit"
@@ -150,6 +177,24 @@ $D create d.qcow2 --size 300T 2> err; [ $? -eq 1 ] || fail "300T at 64K accepted
 grep -q "larger granularity" err || fail "300T message"
 set -e
 [ ! -e d.qcow2 ] || fail "failed create left a file"
+# check: its findings are its output (stdout), the valid file's report
+# too; a file it cannot look at is an error like any command's (stderr,
+# prefixed, one line).
+$D check a.qcow2 > out 2> err || fail "check a.qcow2: exit $?"
+[ "$(cat out)" = "a.qcow2: no errors found" ] && [ ! -s err ] ||
+    fail "check of a valid file: stdout '$(cat out)', stderr '$(cat err)'"
+set +e
+$D check nosuch.qcow2 > out 2> err; rc=$?
+set -e
+[ $rc = 1 ] && [ ! -s out ] && [ "$(wc -l < err)" = 1 ] &&
+    grep -qx "dirtybitmap: nosuch.qcow2: open: No such file or directory" err ||
+    fail "check of a missing file: exit $rc, stdout '$(cat out)', stderr '$(cat err)'"
+printf 'junk' > junk.qcow2
+set +e
+$D check junk.qcow2 > out 2> err; rc=$?
+set -e
+[ $rc = 1 ] && [ ! -s err ] && grep -q "^junk.qcow2: file is 4 bytes, too short" out ||
+    fail "check of an invalid file: exit $rc, stdout '$(cat out)', stderr '$(cat err)'"
 # info draws each bitmap's dirty density across the disk: 64 slices,
 # ' ' clean to '@' all dirty; a slice with any dirty bit is never blank.
 rm -f strip.qcow2

@@ -6,6 +6,7 @@
  */
 #include <config.h>
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <inttypes.h>
@@ -13,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "atomic-file.h"
 #include "cleanup.h"
 #include "bitmap-name.h"
 #include "control-client.h"
@@ -23,6 +26,7 @@
 #include "qcow2.h"
 #include "qemu-lock.h"
 #include "tracker.h"
+#include "map-svg.h"
 
 #define EXIT_USAGE 2
 
@@ -38,7 +42,9 @@ usage_all (FILE *fp)
 "\n"
 "Commands:\n"
 "  info FILE [--json]               size, cluster size, each bitmap\n"
-"  map FILE NAME [--json]           the dirty extents of bitmap NAME\n"
+"  map FILE NAME [--json | --svg OUT] [--force]\n"
+"                                   the dirty extents of bitmap NAME;\n"
+"                                   --svg: as an SVG picture (- for stdout)\n"
 "  check FILE [--repair]            validate (exit 0 valid, 1 invalid)\n"
 "  create FILE --size SIZE [--name NAME] [--granularity SIZE]\n"
 "         [--cluster-size SIZE] [--disabled] [--format qemu|draft-2015]\n"
@@ -59,6 +65,7 @@ usage_all (FILE *fp)
 "                                   snapshot:NAME of the cut\n"
 "  release SOCKET NAME              end snapshot NAME, free its store\n"
 "  serve SOCKET NAME --from URI (--socket PATH | --port PORT [--bind ADDR])\n"
+"         [--qemu-nbd PROG]\n"
 "                                   one NBD endpoint for backup agents:\n"
 "                                   snapshot NAME's data, base:allocation\n"
 "                                   and qemu:dirty-bitmap:FROZEN (qemu-nbd)\n"
@@ -66,7 +73,8 @@ usage_all (FILE *fp)
 "  remove SOCKET NAME               remove a disabled bitmap\n"
 "\n"
 "Sizes accept K, M, G, T suffixes (powers of 1024).\n"
-"'%s COMMAND --help' describes one command.\n", prog, prog);
+"'%s COMMAND --help' describes one command; '%s --version' prints the\n"
+"version.\n", prog, prog, prog);
 }
 
 struct cmd {
@@ -120,7 +128,8 @@ dirty_bytes (const struct qcow2_bitmap *b, uint64_t vsize)
 /* Options are parsed by one small getopt_long loop per command. */
 enum { OPT_JSON = 256, OPT_REPAIR, OPT_SIZE, OPT_NAME, OPT_GRAN, OPT_CLUSTER,
        OPT_DISABLED, OPT_HELP, OPT_FORCE, OPT_FORMAT, OPT_TO, OPT_BITMAP,
-       OPT_SNAPSHOT, OPT_FROM, OPT_SOCKET, OPT_PORT, OPT_BIND, OPT_QEMU_NBD };
+       OPT_SNAPSHOT, OPT_FROM, OPT_SOCKET, OPT_PORT, OPT_BIND, OPT_QEMU_NBD,
+       OPT_SVG };
 
 static const struct option long_opts[] = {
   { "json", no_argument, NULL, OPT_JSON },
@@ -141,6 +150,7 @@ static const struct option long_opts[] = {
   { "port", required_argument, NULL, OPT_PORT },
   { "bind", required_argument, NULL, OPT_BIND },
   { "qemu-nbd", required_argument, NULL, OPT_QEMU_NBD },
+  { "svg", required_argument, NULL, OPT_SVG },
   { NULL, 0, NULL, 0 },
 };
 
@@ -149,6 +159,7 @@ struct opts {
   const char *size, *name, *gran, *cluster, *format, *to, *bitmap;
   const char *snapshot;         /* "full" or "dirty", NULL: none */
   const char *from, *socket, *port, *bind, *qemu_nbd;
+  const char *svg;              /* map --svg OUT: "-" for stdout */
   const char *allowed;          /* which options this command takes */
 };
 
@@ -199,6 +210,7 @@ parse_opts (const char *cmd, int argc, char **argv, struct opts *o)
     case OPT_PORT: o->port = optarg; break;
     case OPT_BIND: o->bind = optarg; break;
     case OPT_QEMU_NBD: o->qemu_nbd = optarg; break;
+    case OPT_SVG: o->svg = optarg; break;
     }
   }
   return 0;
@@ -401,21 +413,144 @@ open_bitmap (const char *path, const char *name, unsigned flags,
   return 0;
 }
 
+/* Where map --svg writes.  "-" is standard output, and a device or pipe
+ * is written as it is; any other OUT is written to a temporary beside it
+ * and renamed over it once complete, so that a failure leaves no partial
+ * picture (and an older OUT as it was).
+ */
+struct svg_out {
+  const char *path;
+  FILE *f;
+  bool atomic;
+  struct atomic_file af;
+};
+
+/* One line naming OUT, for every way of failing to write it. */
+static void
+svg_error (const char *path, const char *what, int errnum)
+{
+  fprintf (stderr, "%s: --svg %s: %s%s%s\n", prog, path, what ? what : "",
+           what ? ": " : "", strerror (errnum));
+}
+
+/* Open OUT for the picture of a bitmap in the file open at BITMAP_FD. */
+static int
+svg_open (const char *path, int bitmap_fd, struct svg_out *out)
+{
+  struct stat st, bst;
+  struct dbm_err err;
+  int fd;
+
+  memset (out, 0, sizeof *out);
+  out->path = path;
+  if (strcmp (path, "-") == 0) {
+    out->f = stdout;
+    return 0;
+  }
+  if (stat (path, &st) == 0) {
+    /* A slip of the fingers must not replace the bitmaps with a picture. */
+    if (fstat (bitmap_fd, &bst) == 0 && st.st_dev == bst.st_dev &&
+        st.st_ino == bst.st_ino) {
+      fprintf (stderr, "%s: --svg %s: is the bitmap file itself, not "
+               "overwriting\n", prog, path);
+      return -1;
+    }
+    if (S_ISDIR (st.st_mode)) {
+      svg_error (path, NULL, EISDIR);
+      return -1;
+    }
+    if (!S_ISREG (st.st_mode)) {
+      out->f = fopen (path, "we");
+      if (out->f == NULL) {
+        svg_error (path, "open", errno);
+        return -1;
+      }
+      return 0;
+    }
+  }
+  if (atomic_file_begin (path, 0, &out->af, &err) == -1) {
+    svg_error (path, "cannot create", err.errnum);
+    return -1;
+  }
+  fd = fcntl (out->af.fd, F_DUPFD_CLOEXEC, 0);
+  out->f = fd == -1 ? NULL : fdopen (fd, "w");
+  if (out->f == NULL) {
+    svg_error (path, "cannot create", errno);
+    if (fd >= 0)
+      close (fd);
+    atomic_file_abort (&out->af);
+    return -1;
+  }
+  out->atomic = true;
+  return 0;
+}
+
+/* Finish OUT: OK says the picture was written whole so far.  The
+ * temporary is renamed into place only if every byte reached it.
+ */
+static int
+svg_close (struct svg_out *out, bool ok)
+{
+  struct dbm_err err;
+  int errnum = errno;           /* a failed write's, when !OK */
+
+  if (ok && fflush (out->f) == EOF) {
+    ok = false;
+    errnum = errno;
+  }
+  if (out->f != stdout && fclose (out->f) == EOF && ok) {
+    ok = false;
+    errnum = errno;
+  }
+  if (!ok) {
+    if (errnum == 0)
+      errnum = EIO;
+    svg_error (out->path, "write", errnum);
+    if (out->atomic)
+      atomic_file_abort (&out->af);
+    return -1;
+  }
+  if (!out->atomic)
+    return 0;
+  /* COMMITTED_NOT_DURABLE: the picture is complete and in place; only
+   * its directory entry may not survive a power cut, which is not worth
+   * failing a picture for.
+   */
+  if (atomic_file_commit (&out->af, &err) == -1) {
+    svg_error (out->path, "cannot put in place", err.errnum);
+    return -1;
+  }
+  close (out->af.fd);
+  free (out->af.path);
+  return 0;
+}
+
 static int
 cmd_map (int argc, char **argv)
 {
-  PARSE ("map", "json force", 2, "FILE NAME [--json] [--force]",
+  PARSE ("map", "json force svg", 2,
+         "FILE NAME [--json | --svg OUT] [--force]",
          "Print the extents of bitmap NAME covering the whole virtual size, "
          "in order,\nadjacent runs merged: OFFSET LENGTH dirty|clean, or "
          "with --json an array of\n{\"offset\": N, \"length\": N, \"dirty\": "
-         "true|false}.\nAn in-use bitmap is refused unless --force: then its "
-         "last persisted contents\nare shown (they may miss recent writes).\n");
+         "true|false}.\nWith --svg, draw them instead as an SVG picture in "
+         "OUT (- for standard\noutput): a bar for the disk, dirty ranges "
+         "coloured (at least a pixel wide),\nan axis of offsets, a legend.  "
+         "OUT is replaced only once it is complete.\nAn in-use bitmap is "
+         "refused unless --force: then its last persisted contents\nare "
+         "shown (they may miss recent writes).\n");
   struct qcow2_image *img;
   const struct qcow2_bitmap *b;
+  struct svg_out out = { 0 };
+  struct map_svg svg = { 0 };
   uint64_t vsize, off = 0;
-  int idx;
+  int idx, r = 0;
   bool first = true;
 
+  if (o.json && o.svg) {
+    fprintf (stderr, "%s map: --json and --svg: choose one\n", prog);
+    return EXIT_USAGE;
+  }
   if (open_bitmap (argv[optind], argv[optind + 1],
                    o.force ? QCOW2_OPEN_LOAD_IN_USE : 0, &img, &idx) == -1)
     return 1;
@@ -428,7 +563,15 @@ cmd_map (int argc, char **argv)
     return 1;
   }
   vsize = b->size;
-  if (o.json)
+  if (o.svg) {
+    if (svg_open (o.svg, img->fd, &out) == -1) {
+      qcow2_close (img);
+      return 1;
+    }
+    map_svg_begin (&svg, out.f, argv[optind], b->name, vsize,
+                   UINT64_C (1) << b->granularity_bits);
+  }
+  else if (o.json)
     printf ("[");
   while (off < vsize) {
     uint64_t bit = off >> b->granularity_bits;
@@ -438,7 +581,10 @@ cmd_map (int argc, char **argv)
 
     if (end > vsize)
       end = vsize;
-    if (o.json)
+    if (o.svg)
+      map_svg_extent (&svg, off, end - off,
+                      dirty ? MAP_SVG_DIRTY : MAP_SVG_CLEAN);
+    else if (o.json)
       printf ("%s\n{\"offset\": %" PRIu64 ", \"length\": %" PRIu64
               ", \"dirty\": %s}", first ? "" : ",", off, end - off,
               dirty ? "true" : "false");
@@ -448,10 +594,12 @@ cmd_map (int argc, char **argv)
     first = false;
     off = end;
   }
-  if (o.json)
+  if (o.svg)
+    r = svg_close (&out, map_svg_end (&svg) == 0) == 0 ? 0 : 1;
+  else if (o.json)
     printf ("\n]\n");
   qcow2_close (img);
-  return 0;
+  return r;
 }
 
 /* Report each problem the validator found; returns how many. */
@@ -483,6 +631,20 @@ report_problems (const struct qcow2_image *img)
   return n;
 }
 
+/* check's findings about a file are its output, on stdout: a file that
+ * opens as invalid (bad data, EINVAL) is one of them.  Not being able to
+ * look at the file at all (missing, no permission, an I/O error, out of
+ * memory) is an error like any other command's: stderr, prefixed.
+ */
+static void
+check_open_failed (const struct dbm_err *err)
+{
+  if (err->errnum == EINVAL)
+    printf ("%s\n", err->msg);
+  else
+    print_err (err);
+}
+
 static int
 cmd_check (int argc, char **argv)
 {
@@ -498,7 +660,7 @@ cmd_check (int argc, char **argv)
   int n;
 
   if (qcow2_open (path, o.repair ? QCOW2_OPEN_RW : 0, &img, &err) == -1) {
-    printf ("%s\n", err.msg);
+    check_open_failed (&err);
     return 1;
   }
   n = report_problems (img);
@@ -545,7 +707,7 @@ cmd_check (int argc, char **argv)
   qcow2_close (img);
   /* Verify. */
   if (qcow2_open (path, 0, &img, &err) == -1) {
-    printf ("%s\n", err.msg);
+    check_open_failed (&err);
     return 1;
   }
   n = report_problems (img);
@@ -784,7 +946,10 @@ do_flags (struct qcow2_image *img, int idx, void *arg)
   }
 
 SIMPLE_EDIT (cmd_remove_file, "remove", do_remove,
-             "Remove bitmap NAME (also allowed when it is inconsistent).\n")
+             "Remove bitmap NAME (also allowed when it is inconsistent).\n"
+             "Given a running filter's control SOCKET instead of FILE "
+             "(remove SOCKET NAME),\nask the filter to remove NAME, a "
+             "disabled bitmap.\n")
 SIMPLE_EDIT (cmd_clear, "clear", do_clear, "Mark bitmap NAME all clean.\n")
 SIMPLE_EDIT (cmd_enable, "enable", do_flags,
              "Set the auto flag: writers must record into bitmap NAME.\n")
