@@ -5,9 +5,12 @@
 # context switches over 5 s in the middle of the run (perf stat).
 #
 #   bench/fio-tail.sh nofilter|qemu|crash-safe SIZE [RAMP] [RUNTIME]
+#
+# EXTRA="KEY=VALUE ..." adds filter keys (e.g. bitmap-granularity=64M).
 set -euo pipefail
 export PATH=/usr/bin:$PATH
 cfg=${1:?config}; size=${2:?size}; ramp=${3:-10}; rt=${4:-20}
+EXTRA=${EXTRA:-}
 top=$(cd "$(dirname "$0")/.." && pwd)
 w=$(mktemp -d /var/tmp/dbm-tail.XXXXXX); sock=$w/s.sock; pid=
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$w"' EXIT
@@ -15,7 +18,7 @@ if [ "$cfg" = nofilter ]; then
     args=(--filter=nofilter null $size)
 else
     args=(--filter=$top/.libs/nbdkit-dirtybitmap-filter.so null $size
-          bitmap-file=$w/bm.qcow2 bitmap-mode=$cfg)
+          bitmap-file=$w/bm.qcow2 bitmap-mode=$cfg $EXTRA)
 fi
 taskset -c 0 nbdkit -f -U $sock "${args[@]}" 2> $w/err &
 pid=$!
@@ -29,6 +32,7 @@ sleep $(( ramp + rt / 2 > 3 ? ramp + rt / 2 - 3 : 1 ))
 perf stat -x, -e syscalls:sys_enter_futex,context-switches -p $pid -- sleep 5 \
     2> $w/perf || true
 wait $fio_pid
+kill $pid; wait $pid 2>/dev/null || true; pid=
 sed -n '/^{/,$p' $w/out.json | /usr/bin/python3 -c '
 import json, sys
 w = json.load(sys.stdin)["jobs"][0]["write"]
