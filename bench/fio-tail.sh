@@ -6,7 +6,8 @@
 #
 #   bench/fio-tail.sh nofilter|qemu|crash-safe SIZE [RAMP] [RUNTIME]
 #
-# EXTRA="KEY=VALUE ..." adds filter keys (e.g. bitmap-granularity=64M).
+# EXTRA="KEY=VALUE ..." adds filter keys (e.g. bitmap-granularity=64M),
+# FIO_EXTRA fio options (e.g. --rate_iops=150000).
 set -euo pipefail
 export PATH=/usr/bin:$PATH
 cfg=${1:?config}; size=${2:?size}; ramp=${3:-10}; rt=${4:-20}
@@ -20,12 +21,12 @@ else
     args=(--filter=$top/.libs/nbdkit-dirtybitmap-filter.so null $size
           bitmap-file=$w/bm.qcow2 bitmap-mode=$cfg $EXTRA)
 fi
-taskset -c 0 nbdkit -f -U $sock "${args[@]}" 2> $w/err &
+taskset -c 0 env ${NBDKIT_ENV:-} nbdkit -f -U $sock "${args[@]}" 2> $w/err &
 pid=$!
 for i in $(seq 200); do [ -S $sock ] && break; sleep 0.05; done
 taskset -c 1 fio --name=job --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
     --rw=randwrite --bs=4k --iodepth=16 --norandommap --size=$size \
-    --time_based --ramp_time=$ramp --runtime=$rt --output-format=json \
+    --time_based --ramp_time=$ramp --runtime=$rt --output-format=json ${FIO_EXTRA:-} \
     > $w/out.json 2> /dev/null &
 fio_pid=$!
 sleep $(( ramp + rt / 2 > 3 ? ramp + rt / 2 - 3 : 1 ))
