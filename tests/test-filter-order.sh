@@ -258,16 +258,25 @@ grep -q "dirtybitmap: mark $M+65536\$" nbdkit.err ||
 check "offset innermost (verbose)" want
 echo "ok: offset innermost: plugin offsets"
 
+# expect_above LABEL ORDER SHIFT SIZE SHOWN: dirtybitmap above a filter
+# that moves offsets by SHIFT (SHOWN in messages): the bitmap records the
+# client's offsets ($ops, $client) at the client's SIZE, and each extent
+# plus SHIFT is a granule that changed in disk.img.
+expect_above () {
+    local label=$1 order=$2 shift=$3 size=$4 shown=$5
+    serve "$order" $ops
+    py granules $G $client > want
+    check "$label" want
+    [ "$(vsize bm.qcow2)" = "$size" ] || fail "$label: size $(vsize bm.qcow2)"
+    py changed $G before.img disk.img > changed
+    py shift $shift < want > want.shifted
+    expect_map want.shifted changed "$label: the extents + $shown"
+}
+
 # ---- dirtybitmap above offset: client offsets, the client's size (4M);
 # adding 1M to each extent gives the granules that changed in disk.img.
 fresh
-serve "dirtybitmap offset" $ops
-py granules $G $client > want
-check "above offset" want
-[ "$(vsize bm.qcow2)" = $((4 * M)) ] || fail "above offset: size $(vsize bm.qcow2)"
-py changed $G before.img disk.img > changed
-py shift $M < want > want.shifted
-expect_map want.shifted changed "above offset: the extents + 1M"
+expect_above "above offset" "dirtybitmap offset" $M $((4 * M)) 1M
 echo "ok: above offset: client offsets"
 
 # ---- partition: partition 1 starts at 2M (LBA 4096), 8M long.
@@ -284,13 +293,7 @@ expect_map want changed "partition innermost: the granules disk.img changed in"
 [ "$(vsize bm.qcow2)" = $SIZE ] || fail "partition innermost: size $(vsize bm.qcow2)"
 echo "ok: partition innermost: disk offsets"
 parted_disk
-serve "dirtybitmap partition" $ops
-py granules $G $client > want
-check "above partition" want
-[ "$(vsize bm.qcow2)" = $((8 * M)) ] || fail "above partition: size $(vsize bm.qcow2)"
-py changed $G before.img disk.img > changed
-py shift $P < want > want.shifted
-expect_map want.shifted changed "above partition: the extents + 2M"
+expect_above "above partition" "dirtybitmap partition" $P $((8 * M)) 2M
 echo "ok: above partition: partition offsets"
 
 # ---- blocksize minblock=4K, granularity 512: a 1-byte write at 5000 is
