@@ -1,7 +1,6 @@
 /* The export a bitmap file records (see tracked-export.h). */
 #include <config.h>
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -107,47 +107,46 @@ log_note (const char *fmt, ...)
     fprintf (stderr, "%s%s\n", prefix, msg);
 }
 
-/* An error a fault may repeat on every request: at most LOG_LIMIT_BURST
- * a minute from each call site, the next one saying how many were
- * dropped in between.
+/* A message a fault may repeat on every request: at most LOG_LIMIT_BURST
+ * a minute from each call site (LL), the next one saying how many were
+ * dropped in between.  OUT is nbdkit_error or log_note.
  */
+static void
+limited_log (struct log_limit *ll, void (*out) (const char *fmt, ...),
+             const char *fmt, va_list ap)
+{
+  char msg[1024];
+  uint64_t dropped;
+
+  if (!log_limit_allow_now (ll, &dropped))
+    return;
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  if (dropped)
+    out ("%s (%" PRIu64 " more like it not logged)", msg, dropped);
+  else
+    out ("%s", msg);
+}
+
 static void
 __attribute__ ((format (printf, 2, 3)))
 limited_error (struct log_limit *ll, const char *fmt, ...)
 {
   va_list ap;
-  char msg[1024];
-  uint64_t dropped;
 
-  if (!log_limit_allow_now (ll, &dropped))
-    return;
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  limited_log (ll, nbdkit_error, fmt, ap);
   va_end (ap);
-  if (dropped)
-    nbdkit_error ("%s (%" PRIu64 " more like it not logged)", msg, dropped);
-  else
-    nbdkit_error ("%s", msg);
 }
 
-/* limited_error for a note (log_note). */
 static void
 __attribute__ ((format (printf, 2, 3)))
 limited_note (struct log_limit *ll, const char *fmt, ...)
 {
   va_list ap;
-  char msg[1024];
-  uint64_t dropped;
 
-  if (!log_limit_allow_now (ll, &dropped))
-    return;
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  limited_log (ll, log_note, fmt, ap);
   va_end (ap);
-  if (dropped)
-    log_note ("%s (%" PRIu64 " more like it not logged)", msg, dropped);
-  else
-    log_note ("%s", msg);
 }
 
 static void restore_quit_handlers (void);
@@ -707,7 +706,7 @@ control_command (const char *line)
 }
 
 /* The tracked export's size through a plugin context of our own, or -1.
- * Runs in a child process (probe_size): some plugins cannot be opened
+ * Runs in a child process (learn_size): some plugins cannot be opened
  * without a client (nbdkit 1.32's file plugin with dir= calls
  * nbdkit_export_name in its open, gets NULL and crashes).
  */
@@ -761,20 +760,22 @@ learn_size (nbdkit_backend *backend)
   }
   close (fds[1]);
   if (pid > 0) {
-    while (n < (ssize_t) sizeof size &&
-           ((r = read (fds[0], (char *) &size + n, sizeof size - n)) > 0 ||
-            (r == -1 && errno == EINTR)))
-      n += r > 0 ? r : 0;
+    /* 8 bytes, one write into a pipe: all of them or none (EOF). */
+    do
+      n = read (fds[0], &size, sizeof size);
+    while (n == -1 && errno == EINTR);
     while (waitpid (pid, &status, 0) == -1 && errno == EINTR)
       ;
   }
   close (fds[0]);
-  if (n != (ssize_t) sizeof size || size <= 0) {
+  if (n != (ssize_t) sizeof size || size < 0) {
     log_note ("%s: the size of the export could not be learnt at start "
               "(the plugin may need a client to open it): the file and "
               "checkpoints wait for the first connection", bitmap_file);
     return;
   }
+  if (size == 0)
+    return;                     /* an empty export needs no file */
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&size_lock);
   start_size = size;
 }
