@@ -155,18 +155,63 @@ undo (struct tracker *tr, struct qcow2_image *img2)
   tracker_drop_model (img2);
 }
 
+/* After a checkpoint, give each bitmap of S (just disabled) the bits the
+ * file holds, read back, in place of the storage writers marked: a
+ * marker that loaded the old set before the cut may still set a bit there
+ * after the save (it marks the new set too), and status, a later rewrite
+ * and the snapshot's frozen map must say what the file says.  The old
+ * storage is retired (epoch.h), so such a marker writes into memory no
+ * one reads.  Returns true if every bitmap of S was replaced; one that
+ * could not be read back (out of memory) keeps its storage, a superset.
+ */
+static bool
+refresh_frozen (struct tracker *tr, const struct track_set *s)
+{
+  bool all = true;
+  size_t i;
+  uint64_t j;
+
+  for (i = 0; i < s->nt; ++i) {
+    int idx = s->t[i].st->idx;
+    struct bitmap *old = tr->img->bitmaps[idx].bits;
+    struct dbm_err e;
+    struct bitmap *bm = qcow2_read_bitmap (tr->img, idx, &e);
+
+    if (bm == NULL) {
+      all = false;
+      continue;
+    }
+    /* What was read is on disk: not "changed". */
+    for (j = 0; j < bm->nleaves; ++j)
+      bitmap_take_changed (bm, j);
+    atomic_store (&bm->any_changed, false);
+    tr->img->bitmaps[idx].bits = bm;
+    if (tracker_own_bitmaps (tr, tr->img, &e) == -1) {
+      tr->img->bitmaps[idx].bits = old;
+      bitmap_delete (bm);
+      all = false;
+      continue;
+    }
+    tracker_retire_bitmap (tr, old);
+  }
+  return all;
+}
+
 /* Mark every dirty range the bitmaps of S have in the file (as saved:
- * not the bits in memory, which writers on the transitional set may
- * still extend) in FROZEN.
+ * not the bits writers on the transitional set may still extend) in
+ * FROZEN.  EXACT: refresh_frozen replaced them all, so the model's bits
+ * are the file's and need not be read again.
  */
 static int
-mark_frozen (struct tracker *tr, const struct track_set *s,
+mark_frozen (struct tracker *tr, const struct track_set *s, bool exact,
              struct bitmap *frozen, struct dbm_err *err)
 {
   size_t i;
 
   for (i = 0; i < s->nt; ++i) {
-    struct bitmap *bm = qcow2_read_bitmap (tr->img, s->t[i].st->idx, err);
+    int idx = s->t[i].st->idx;
+    struct bitmap *bm = exact ? tr->img->bitmaps[idx].bits
+      : qcow2_read_bitmap (tr->img, idx, err);
     unsigned g;
     uint64_t a, b;
 
@@ -177,12 +222,14 @@ mark_frozen (struct tracker *tr, const struct track_set *s,
     while (a < bm->nbits) {
       b = bitmap_find (bm, a, false);
       if (bitmap_mark (frozen, a << g, (b - a) << g) == -1) {
-        bitmap_delete (bm);
+        if (!exact)
+          bitmap_delete (bm);
         return dbm_seterr (err, ENOMEM, "out of memory");
       }
       a = b < bm->nbits ? bitmap_find (bm, b, true) : b;
     }
-    bitmap_delete (bm);
+    if (!exact)
+      bitmap_delete (bm);
   }
   return 0;
 }
@@ -213,6 +260,7 @@ tracker_checkpoint_frozen (struct tracker *tr, const char *name,
   uint32_t in_use = tr->cfg.mode == TRACKER_QEMU ? BME_FLAG_IN_USE : 0;
   size_t i;
   int idx, r;
+  bool exact;
 
   *taken = false;
   if (tr->img == NULL)
@@ -303,8 +351,9 @@ tracker_checkpoint_frozen (struct tracker *tr, const char *name,
                "bitmap(s) disabled and saved", tr->cfg.path, name,
                before->nt);
   *taken = true;
+  exact = refresh_frozen (tr, before);
   /* FROZEN: exactly the bits saved (read back from the file). */
-  if (frozen && mark_frozen (tr, before, frozen, err) == -1) {
+  if (frozen && mark_frozen (tr, before, exact, frozen, err) == -1) {
     char cause[sizeof err->msg];
 
     snprintf (cause, sizeof cause, "%s", err->msg);
