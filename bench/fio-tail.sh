@@ -7,7 +7,8 @@
 #   bench/fio-tail.sh nofilter|qemu|crash-safe SIZE [RAMP] [RUNTIME]
 #
 # EXTRA="KEY=VALUE ..." adds filter keys (e.g. bitmap-granularity=64M),
-# FIO_EXTRA fio options (e.g. --rate_iops=150000).
+# FIO_EXTRA fio options (e.g. --rate_iops=150000), NBDKIT_ARGS nbdkit
+# options (e.g. "-t 4"), NBDKIT_ENV its environment.
 set -euo pipefail
 export PATH=/usr/bin:$PATH
 cfg=${1:?config}; size=${2:?size}; ramp=${3:-10}; rt=${4:-20}
@@ -21,7 +22,7 @@ else
     args=(--filter=$top/.libs/nbdkit-dirtybitmap-filter.so null $size
           bitmap-file=$w/bm.qcow2 bitmap-mode=$cfg $EXTRA)
 fi
-taskset -c 0 env ${NBDKIT_ENV:-} nbdkit -f -U $sock "${args[@]}" 2> $w/err &
+taskset -c 0 env ${NBDKIT_ENV:-} nbdkit -f ${NBDKIT_ARGS:-} -U $sock "${args[@]}" 2> $w/err &
 pid=$!
 for i in $(seq 200); do [ -S $sock ] && break; sleep 0.05; done
 taskset -c 1 fio --name=job --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \

@@ -102,6 +102,17 @@ set_word (struct bitmap *bm, uint64_t leaf, _Atomic uint64_t *w,
   return 1;
 }
 
+/* The bits FIRST..END (inclusive) that lie in FIRST's word, as a mask. */
+static uint64_t
+word_mask (uint64_t first, uint64_t end)
+{
+  unsigned lo = first & 63;
+  unsigned hi = (end >> 6) == (first >> 6) ? (end & 63) : 63;
+
+  return (hi == 63 ? ~UINT64_C (0) : (UINT64_C (1) << (hi + 1)) - 1)
+    & ~((UINT64_C (1) << lo) - 1);
+}
+
 int
 bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last)
 {
@@ -124,10 +135,7 @@ bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last)
     }
     while (first <= end) {
       uint64_t wi = (first % BITMAP_LEAF_BITS) >> 6;
-      unsigned lo = first & 63;
-      unsigned hi = (end >> 6) == (first >> 6) ? (end & 63) : 63;
-      uint64_t mask = (hi == 63 ? ~UINT64_C (0) : (UINT64_C (1) << (hi + 1)) - 1)
-        & ~((UINT64_C (1) << lo) - 1);
+      uint64_t mask = word_mask (first, end);
 
       flipped |= set_word (bm, leaf, &words[wi], mask);
       first = (first | 63) + 1;
@@ -136,6 +144,32 @@ bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last)
       break;
   }
   return flipped;
+}
+
+void
+bitmap_clear_bits (struct bitmap *bm, uint64_t first, uint64_t last)
+{
+  if (bm->nbits == 0 || first >= bm->nbits)
+    return;
+  if (last >= bm->nbits)
+    last = bm->nbits - 1;
+  while (first <= last) {
+    uint64_t leaf = first / BITMAP_LEAF_BITS;
+    uint64_t leaf_last = (leaf + 1) * BITMAP_LEAF_BITS - 1;
+    uint64_t end = last < leaf_last ? last : leaf_last;
+    _Atomic uint64_t *words = atomic_load (&bm->leaves[leaf]);
+
+    /* An absent leaf has no bit to clear. */
+    while (words && first <= end) {
+      uint64_t wi = (first % BITMAP_LEAF_BITS) >> 6;
+      uint64_t mask = word_mask (first, end);
+
+      if (atomic_load (&words[wi]) & mask)
+        atomic_fetch_and (&words[wi], ~mask);
+      first = (first | 63) + 1;
+    }
+    first = end + 1;            /* end <= nbits - 1: no overflow */
+  }
 }
 
 int
@@ -350,6 +384,21 @@ bitmap_copy (struct bitmap *dst, const struct bitmap *src)
       return -1;
   }
   return 0;
+}
+
+void
+bitmap_and (struct bitmap *dst, const struct bitmap *src)
+{
+  uint64_t leaf, w;
+
+  for (leaf = 0; leaf < dst->nleaves; ++leaf) {
+    _Atomic uint64_t *d = atomic_load (&dst->leaves[leaf]);
+    _Atomic uint64_t *s = leaf < src->nleaves
+      ? atomic_load (&src->leaves[leaf]) : NULL;
+
+    for (w = 0; d && w < BITMAP_LEAF_WORDS; ++w)
+      atomic_store (&d[w], s ? atomic_load (&d[w]) & atomic_load (&s[w]) : 0);
+  }
 }
 
 void

@@ -70,8 +70,33 @@ bitmap_all_set_fast (const struct bitmap *bm, uint64_t first, uint64_t last)
   return (atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) == mask;
 }
 
+/* The same for clear bits: FIRST..LAST lie in one word and none is set
+ * (or their leaf is absent), so clearing them would change nothing.
+ */
+static inline bool
+bitmap_all_clear_fast (const struct bitmap *bm, uint64_t first, uint64_t last)
+{
+  _Atomic uint64_t *words;
+  uint64_t mask;
+
+  if ((first >> 6) != (last >> 6) || last >= bm->nbits)
+    return false;
+  words = atomic_load (&bm->leaves[first / BITMAP_LEAF_BITS]);
+  if (words == NULL)
+    return true;
+  mask = (~UINT64_C (0) >> (63 - (last & 63))) & (~UINT64_C (0) << (first & 63));
+  return (atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]) & mask) == 0;
+}
+
 /* Set bits [first, last] (inclusive bit numbers). Same return as mark. */
 extern int bitmap_set_bits (struct bitmap *bm, uint64_t first, uint64_t last);
+
+/* Clear bits [first, last] (inclusive), safe against concurrent marking
+ * (atomic and of each word; leaves are never freed).  Changed flags are
+ * not touched: for maps kept only in memory (the zero maps).
+ */
+extern void bitmap_clear_bits (struct bitmap *bm, uint64_t first,
+                               uint64_t last);
 
 extern bool bitmap_test (const struct bitmap *bm, uint64_t bit);
 
@@ -134,6 +159,11 @@ extern void bitmap_flag_range (struct bitmap *bm, uint64_t first,
  * end are dropped).  -1 with ENOMEM.
  */
 extern int bitmap_copy (struct bitmap *dst, const struct bitmap *src);
+
+/* Clear every bit of DST that is clear in SRC (same granularity; DST not
+ * marked concurrently).
+ */
+extern void bitmap_and (struct bitmap *dst, const struct bitmap *src);
 
 /* Drop every bit (not safe against concurrent marking). */
 extern void bitmap_clear (struct bitmap *bm);

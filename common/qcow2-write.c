@@ -236,7 +236,7 @@ qcow2_put_header (struct qcow2_image *img, int fd, struct dbm_err *err)
   img->header_length = QCOW2_HEADER_LENGTH;
   img->incompatible_features = 0;
   img->compatible_features = 0;
-  img->autoclear_features = img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0;
+  img->autoclear_features = qcow2_autoclear_for (img);
   put_be32 (h, QCOW2_MAGIC);
   put_be32 (h + 4, QCOW2_VERSION);
   put_be32 (h + 20, img->cluster_bits);
@@ -449,7 +449,7 @@ qcow2_is_canonical (struct qcow2_image *img)
       img->header_length != QCOW2_HEADER_LENGTH ||
       img->incompatible_features || img->compatible_features ||
       img->refcount_order != 4 ||
-      img->autoclear_features != (img->nb_bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0) ||
+      img->autoclear_features != qcow2_autoclear_for (img) ||
       img->l1_size != qcow2_div_up (qcow2_virtual_size (img), C / 8 * C) ||
       img->file_size % C)
     return false;

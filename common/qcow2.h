@@ -30,6 +30,11 @@
 /* Point-in-time snapshots were live (they do not survive a restart). */
 #define DBM_STATE_SNAPSHOTS         UINT32_C (2)
 #define QCOW2_AUTOCLEAR_BITMAPS     UINT64_C (1)
+/* Ours: the zero maps (qcow2-zero.c) are valid.  QEMU clears autoclear
+ * bits it does not know whenever it opens the image read-write, so a
+ * file QEMU may have changed since never has its zero maps trusted.
+ */
+#define QCOW2_AUTOCLEAR_DBM_ZERO    (UINT64_C (1) << 63)
 #define QCOW2_INCOMPAT_DIRTY        UINT64_C (1)
 #define QCOW2_INCOMPAT_CORRUPT      UINT64_C (2)
 #define QCOW2_INCOMPAT_DATA_FILE    UINT64_C (4)
@@ -168,6 +173,49 @@ qcow2_sync_pending (const struct qcow2_image *img)
   return atomic_load (&img->dir_sync_pending) ||
     atomic_load (&img->header_sync_pending);
 }
+
+/* The autoclear_features a file we write carries: bit 0 iff it has
+ * bitmaps, and our zero maps' bit if the model still has it.
+ */
+static inline uint64_t
+qcow2_autoclear_for (const struct qcow2_image *img)
+{
+  if (img->nb_bitmaps == 0)
+    return 0;
+  return QCOW2_AUTOCLEAR_BITMAPS |
+    (img->layout == QCOW2_LAYOUT_QEMU ?
+     img->autoclear_features & QCOW2_AUTOCLEAR_DBM_ZERO : 0);
+}
+
+/* Zero maps (qcow2-zero.c).  The zero map of bitmap NAME is a disabled
+ * bitmap named NAME followed by QCOW2_ZERO_SUFFIX (a blank: no name the
+ * tools accept from a user ends so), of the same granularity: a bit set
+ * says the last change to all of that granule before NAME was frozen
+ * was a zero or trim request.  Bits are a subset of NAME's.
+ */
+#define QCOW2_ZERO_SUFFIX           " [zero]"
+
+/* The zero map's name for bitmap NAME (malloc'd), or NULL if it would be
+ * too long (then NAME has none) or out of memory.
+ */
+extern char *qcow2_zero_map_name (const char *name);
+
+/* Index of the zero map of bitmap IDX, or -1.  Only while the file has
+ * QCOW2_AUTOCLEAR_DBM_ZERO, and for a disabled IDX; the map must be
+ * disabled, consistent and match IDX's granularity and size.
+ */
+extern int qcow2_zero_map_of (const struct qcow2_image *img, int idx);
+
+/* Is bitmap IDX the zero map of another bitmap (qcow2_zero_map_of)? */
+extern bool qcow2_is_zero_map (const struct qcow2_image *img, int idx);
+
+/* Does NAME end with QCOW2_ZERO_SUFFIX (whatever the autoclear bit)? */
+extern bool qcow2_zero_map_shaped (const char *name);
+
+/* Remove the zero map of bitmap IDX from the model, if it has one (its
+ * bitmap changes, or goes).  Returns the index IDX has afterwards.
+ */
+extern int qcow2_drop_zero_map (struct qcow2_image *img, int idx);
 
 /* QEMU's view of the disk: the header size truncated to 512-byte sectors. */
 static inline uint64_t

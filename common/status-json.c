@@ -36,6 +36,15 @@ premarked_bytes (const struct tracked_state *st)
   return n << bm->granularity_bits;
 }
 
+/* Bytes of disk B's set bits stand for, clipped to its size. */
+static uint64_t
+bytes_set (const struct qcow2_bitmap *b)
+{
+  uint64_t n = bitmap_count (b->bits) << b->granularity_bits;
+
+  return n < b->size ? n : b->size;
+}
+
 char *
 tracker_status_json (struct tracker *tr, struct dbm_err *err)
 {
@@ -45,6 +54,7 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
   size_t len = 0, k;
   FILE *f = open_memstream (&buf, &len);
   uint32_t i;
+  bool first = true;
 
   if (f == NULL) {
     dbm_seterr (err, errno, "open_memstream: %m");
@@ -62,7 +72,14 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
   for (i = 0; tr->img && i < tr->img->nb_bitmaps; ++i) {
     struct qcow2_bitmap *b = &tr->img->bitmaps[i];
     bool tracked = false;
-    uint64_t dirty = 0, premarked = 0;
+    uint64_t dirty = 0, premarked = 0, zero = 0;
+    int z;
+
+    /* A zero map is part of its bitmap's entry (zero_bytes). */
+    if (qcow2_is_zero_map (tr->img, i))
+      continue;
+    if ((z = qcow2_zero_map_of (tr->img, i)) >= 0 && tr->img->bitmaps[z].bits)
+      zero = bytes_set (&tr->img->bitmaps[z]);
 
     for (k = 0; k < s->nt; ++k)
       if (s->t[k].st->idx == (int) i) {
@@ -70,20 +87,18 @@ tracker_status_json (struct tracker *tr, struct dbm_err *err)
         if (tr->cfg.mode == TRACKER_CRASH_SAFE)
           premarked = premarked_bytes (s->t[k].st);
       }
-    if (b->bits && !b->inconsistent) {
-      dirty = bitmap_count (b->bits) << b->granularity_bits;
-      if (dirty > b->size)
-        dirty = b->size;
-    }
-    fputs (i ? ",{\"name\":" : "{\"name\":", f);
+    if (b->bits && !b->inconsistent)
+      dirty = bytes_set (b);
+    fputs (first ? "{\"name\":" : ",{\"name\":", f);
+    first = false;
     json_put_string (f, b->name);
     fprintf (f, ",\"granularity\":%" PRIu64 ",\"enabled\":%s,\"in_use\":%s,"
              "\"tracked\":%s,\"dirty_bytes\":%" PRIu64 ","
-             "\"premarked_bytes\":%" PRIu64 "}",
+             "\"premarked_bytes\":%" PRIu64 ",\"zero_bytes\":%" PRIu64 "}",
              UINT64_C (1) << b->granularity_bits,
              qcow2_bitmap_enabled (tr->img, b) ? "true" : "false",
              (b->flags & BME_FLAG_IN_USE) ? "true" : "false",
-             tracked ? "true" : "false", dirty, premarked);
+             tracked ? "true" : "false", dirty, premarked, zero);
   }
   fputs ("]}", f);
   if (fclose (f) != 0) {

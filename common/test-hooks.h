@@ -18,6 +18,8 @@ enum dbm_hook {
                                    yet flagged changed */
   DBM_HOOK_SETTLED,             /* store_checkpoint: old bitmaps made
                                    exact in place, not yet committed */
+  DBM_HOOK_ZERO_CHECKED,        /* tracker_zero_done: no data write
+                                   seen, zero bits not yet set */
 };
 
 #ifdef DBM_TEST_HOOKS

@@ -66,6 +66,7 @@ free_state (void *p)
   free (st->prev_touched);
   free ((void *) st->armed);
   free ((void *) st->ones);
+  bitmap_delete (st->zero);
   free (st);
 }
 
@@ -159,6 +160,8 @@ tracker_free (struct tracker *tr)
   pthread_mutex_destroy (&tr->arm_lock);
   pthread_mutex_destroy (&tr->sync_lock);
   pthread_mutex_destroy (&tr->quiesce_lock);
+  pthread_mutex_destroy (&tr->zero_enable_lock);
+  pthread_mutex_destroy (&tr->zero_lock);
   free (tr);
 }
 
@@ -199,8 +202,9 @@ tracker_new_state (struct tracker *tr, struct qcow2_image *img, int idx,
   st->armed = calloc (words, sizeof (_Atomic uint64_t));
   st->ones = calloc (words, sizeof (_Atomic uint64_t));
   st->prev_touched = calloc (words, sizeof (uint64_t));
+  st->zero = bitmap_new (b->bits->size, b->granularity_bits);
   if (st->touched == NULL || st->armed == NULL || st->ones == NULL ||
-      st->prev_touched == NULL) {
+      st->prev_touched == NULL || st->zero == NULL) {
     dbm_seterr (err, ENOMEM, "out of memory");
     return NULL;
   }
@@ -226,6 +230,7 @@ tracker_new_set (struct tracker *tr, struct tracked_state **states, size_t n,
     t->granularity_bits = st->bits->granularity_bits;
     t->nbits = st->bits->nbits;
     t->leaves = st->bits->leaves;
+    t->zero_leaves = st->zero->leaves;
     if (tr->cfg.mode == TRACKER_CRASH_SAFE) {
       t->region_shift = st->region_shift;
       t->armed = st->armed;

@@ -4,6 +4,7 @@
  *   status-json.c    the status line                       reads all
  *   tracker-model.c  creation, growth, checkpoints, removal, rewrites,
  *                    the final save: replacing the model under writers
+ *   zero-maps.c      zero-aware maps: the zero-request protocol
  *   tracker.c        open, activation, marking, persist, flush, quiesce
  *   regions.c        the crash-safe region protocol
  *   track-set.c      sets, states, storage: publication and retirement
@@ -49,17 +50,20 @@ extern void tracker_retire_state (struct tracker *tr,
                                   struct tracked_state *st);
 extern void tracker_retire_bitmap (struct tracker *tr, struct bitmap *bm);
 
-/* Publish S as the set markers use, then refresh the write path's view
- * (tracker.h: fast).  Callers hold quiesce_lock, or are the activation,
+/* Publish S as the set markers use, then refresh the write path's views
+ * (tracker.h: fast, fast_zero).  Callers hold quiesce_lock, or are the activation,
  * before any writer or model change.
  */
 static inline void
 tracker_publish (struct tracker *tr, struct track_set *s)
 {
+  bool fast = s->nt == 1 && !tr->cfg.no_fast_path &&
+    !atomic_load (&tr->in_use_cleared) && atomic_load (&tr->slow_holds) == 0;
+  bool counting = atomic_load (&tr->zero_counting);
+
   atomic_store (&tr->set, s);
-  atomic_store (tr->fast_slot, s->nt == 1 && !tr->cfg.no_fast_path &&
-                !atomic_load (&tr->in_use_cleared) &&
-                atomic_load (&tr->slow_holds) == 0 ? s : NULL);
+  atomic_store (tr->fast_slot, fast && !counting ? s : NULL);
+  atomic_store (&tr->fast_zero, fast && counting ? s : NULL);
 }
 
 /* qemu mode: in_use is (true) or is no longer (false) clear on disk;
@@ -71,6 +75,26 @@ tracker_set_in_use_cleared (struct tracker *tr, bool cleared)
   atomic_store (&tr->in_use_cleared, cleared);
   tracker_publish (tr, atomic_load (&tr->set));
 }
+
+/* tracker_mark_inside on set S (loaded by the caller, inside the epoch);
+ * CLEAR_ZERO: a data write that clears zero bits (zero-maps.c).
+ */
+extern int tracker_mark_set_inside (struct tracker *tr,
+                                    const struct track_set *s,
+                                    uint64_t offset, uint64_t count,
+                                    bool clear_zero);
+
+/* Zero maps around a cut (zero-maps.c).  tracker_zero_close: the states
+ * of S are being replaced (CLOSING true, before the cut is published) or
+ * stay after all (false, on rollback).  tracker_zero_capture: copies of
+ * the zero maps of S's states, each a subset of the bits the model now
+ * holds for that bitmap, NULL for an empty one (or out of memory: no
+ * zero map is only conservative); an array of S->nt, malloc'd, or NULL.
+ */
+extern void tracker_zero_close (struct tracker *tr, const struct track_set *s,
+                                bool closing);
+extern struct bitmap **tracker_zero_capture (struct tracker *tr,
+                                             const struct track_set *s);
 
 extern _Atomic uint64_t tracker_always_armed;
 

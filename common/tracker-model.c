@@ -234,6 +234,121 @@ mark_frozen (struct tracker *tr, const struct track_set *s, bool exact,
   return 0;
 }
 
+/* Drop bitmap J from IMG2, a clone of the model: its storage is the
+ * tracker's, kept in GONE (retired once IMG2 is in force).
+ */
+static void
+drop_from_clone (struct qcow2_image *img2, uint32_t j, struct bitmap **gone,
+                 size_t *ngone)
+{
+  gone[(*ngone)++] = img2->bitmaps[j].bits;
+  img2->bitmaps[j].bits = NULL;
+  qcow2_remove_bitmap (img2, j);
+}
+
+/* Is bitmap J of the model one of S's? */
+static bool
+in_set (const struct track_set *s, uint32_t j)
+{
+  size_t i;
+
+  for (i = 0; i < s->nt; ++i)
+    if ((uint32_t) s->t[i].st->idx == j)
+      return true;
+  return false;
+}
+
+/* After a checkpoint: store the zero maps of the bitmaps it froze in the
+ * file, each as its companion (qcow2.h: QCOW2_ZERO_SUFFIX), in a change
+ * of its own, and set our autoclear bit.  A file that had lost that bit
+ * (QEMU opened it read-write since) may hold companions from before:
+ * stale, so they go first.  Nothing to store costs nothing.  A failure
+ * only loses the maps (conservative: no range is then called zero): the
+ * checkpoint stands, and the failure is logged.  Caller holds all four
+ * locks; the states of BEFORE are closed.
+ */
+static void
+save_zero_maps (struct tracker *tr, const struct track_set *before)
+{
+  CLEANUP_FREE struct bitmap **z = tracker_zero_capture (tr, before);
+  CLEANUP_FREE struct bitmap **gone = NULL;
+  struct qcow2_image *img2;
+  struct dbm_err e;
+  size_t i, n = 0, ngone = 0, owned_before = tr->nowned;
+  uint32_t j;
+  int r, k;
+
+  for (i = 0; z && i < before->nt; ++i)
+    n += z[i] != NULL;
+  if (n == 0)
+    return;
+  img2 = qcow2_clone (tr->img, &e);
+  gone = calloc (tr->img->nb_bitmaps + 1, sizeof (struct bitmap *));
+  if (img2 == NULL || gone == NULL) {
+    tracker_drop_model (img2);
+    dbm_seterr (&e, ENOMEM, "out of memory");
+    goto fail;
+  }
+  if (!(img2->autoclear_features & QCOW2_AUTOCLEAR_DBM_ZERO))
+    for (j = img2->nb_bitmaps; j-- > 0;)
+      if (qcow2_zero_map_shaped (img2->bitmaps[j].name) &&
+          !(img2->bitmaps[j].flags & BME_FLAG_AUTO) &&
+          !in_set (before, j)) {
+        tr->cfg.log ("%s: zero map '%s' dropped: another program opened "
+                     "the file read-write since it was saved", tr->cfg.path,
+                     img2->bitmaps[j].name);
+        drop_from_clone (img2, j, gone, &ngone);
+      }
+  img2->autoclear_features |= QCOW2_AUTOCLEAR_DBM_ZERO;
+  for (i = 0; i < before->nt; ++i) {
+    const struct qcow2_bitmap *b = &tr->img->bitmaps[before->t[i].st->idx];
+    CLEANUP_FREE char *name = z[i] ? qcow2_zero_map_name (b->name) : NULL;
+
+    if (name == NULL)
+      continue;
+    if ((k = qcow2_find_bitmap (img2, name)) >= 0)
+      drop_from_clone (img2, k, gone, &ngone);
+    if (qcow2_add_bitmap (img2, name, b->granularity_bits, 0, 0, &e) == -1) {
+      tracker_drop_model (img2);
+      goto fail;
+    }
+    bitmap_delete (img2->bitmaps[img2->nb_bitmaps - 1].bits);
+    img2->bitmaps[img2->nb_bitmaps - 1].bits = z[i];
+    z[i] = NULL;
+    if (tracker_own_bitmaps (tr, img2, &e) == -1) {
+      tracker_drop_model (img2);  /* the unowned map is lost with it */
+      goto fail;
+    }
+  }
+  r = can_update (tr) ? qcow2_update (img2, tr->img, &e)
+    : qcow2_commit (img2, tr->cfg.path, QCOW2_COMMIT_PRIVATE,
+                    qemu_lock_new_file, &e);
+  if (r == -1) {
+    undo (tr, img2);
+    goto fail;
+  }
+  adopt (tr, img2);
+  for (i = 0; i < ngone; ++i)
+    tracker_retire_bitmap (tr, gone[i]);
+  if (r == 1)
+    tr->cfg.log ("%s: zero maps saved, but not yet durable (%s); the next "
+                 "persist or flush retries", tr->cfg.path, e.msg);
+  return;
+
+ fail:
+  /* The maps made for the file are the tracker's since they were owned:
+   * forget them (the model that held them is gone).
+   */
+  for (i = owned_before; i < tr->nowned; ++i)
+    bitmap_delete (tr->owned[i]);
+  tr->nowned = owned_before;
+  for (i = 0; z && i < before->nt; ++i)
+    bitmap_delete (z[i]);
+  tr->cfg.log ("%s: the checkpoint's zero maps could not be saved (%s): "
+               "no range of the frozen bitmaps is reported zero",
+               tr->cfg.path, e.msg);
+}
+
 int
 tracker_checkpoint (struct tracker *tr, const char *name,
                     unsigned granularity_bits, struct dbm_err *err)
@@ -325,12 +440,14 @@ tracker_checkpoint_frozen (struct tracker *tr, const char *name,
    * In crash-safe mode no write into a new region is forwarded before the
    * new file holds it: arming needs arm_lock, which we hold.
    */
+  tracker_zero_close (tr, before, true);
   tracker_publish (tr, both);
   r = store_checkpoint (tr, before, img2, err);
   if (r == -1) {
     /* Markers on BOTH marked the old bitmaps too: nothing is lost. */
     atomic_store (&nst->retired, true);
     tracker_publish (tr, before);
+    tracker_zero_close (tr, before, false);
     tracker_retire_set (tr, both);
     tracker_retire_set (tr, after);
     tracker_retire_state (tr, nst);
@@ -361,6 +478,7 @@ tracker_checkpoint_frozen (struct tracker *tr, const char *name,
                     "bitmaps could not be read back (%s)", tr->cfg.path,
                     name, cause);
   }
+  save_zero_maps (tr, before);
   /* Last use of BEFORE: reclaim may free it. */
   for (i = 0; i < before->nt; ++i)
     tracker_retire_state (tr, before->t[i].st);
@@ -461,13 +579,17 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
 
   /* Publish before copying: a marker still on the old set either set its
    * bits before the copy reads them, or re-checks and marks the new set.
+   * The new states start with empty zero maps (only conservative).
    */
+  tracker_zero_close (tr, before, true);
   tracker_publish (tr, after);
   for (j = 0; j < img2->nb_bitmaps; ++j) {
     if (!grows[j])
       continue;
+    /* A zero map says nothing of the new area: it stays clear there. */
     if (bitmap_copy (img2->bitmaps[j].bits, tr->img->bitmaps[j].bits) == -1 ||
-        bitmap_mark (img2->bitmaps[j].bits, have, want - have) == -1) {
+        (!qcow2_is_zero_map (img2, j) &&
+         bitmap_mark (img2->bitmaps[j].bits, have, want - have) == -1)) {
       dbm_seterr (err, ENOMEM, "out of memory");
       goto rollback;
     }
@@ -498,6 +620,7 @@ tracker_grow (struct tracker *tr, uint64_t want, struct dbm_err *err)
    */
   retire (after);
   tracker_publish (tr, before);
+  tracker_zero_close (tr, before, false);
   for (j = 0; j < img2->nb_bitmaps; ++j)
     if (grows[j] &&
         bitmap_copy (tr->img->bitmaps[j].bits, img2->bitmaps[j].bits) == -1)
@@ -567,9 +690,9 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->sync_lock);
   struct track_set *s;
   struct qcow2_image *img2;
-  struct bitmap *gone;
+  struct bitmap *gone, *zgone;
   size_t k;
-  int i, r;
+  int i, zi, r;
 
   if (tr->img == NULL || (i = qcow2_find_bitmap (tr->img, name)) < 0)
     return dbm_seterr (err, ENOENT, "%s: no bitmap named '%s'",
@@ -588,9 +711,20 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
   img2 = qcow2_clone (tr->img, err);
   if (img2 == NULL)
     return -1;
+  /* Its zero map goes with it (the higher index first). */
+  zi = qcow2_zero_map_of (tr->img, i);
+  zgone = zi >= 0 ? tr->img->bitmaps[zi].bits : NULL;
   gone = tr->img->bitmaps[i].bits;
-  img2->bitmaps[i].bits = NULL;         /* the tracker owns it */
+  img2->bitmaps[i].bits = NULL;         /* the tracker owns them */
+  if (zi > i) {
+    img2->bitmaps[zi].bits = NULL;
+    qcow2_remove_bitmap (img2, zi);
+  }
   qcow2_remove_bitmap (img2, i);
+  if (zi >= 0 && zi < i) {
+    img2->bitmaps[zi].bits = NULL;
+    qcow2_remove_bitmap (img2, zi);
+  }
   if (can_update (tr)) {
     /* The tracked bitmaps keep their clusters: armed regions stay so. */
     r = qcow2_update (img2, tr->img, err);
@@ -606,6 +740,7 @@ tracker_remove (struct tracker *tr, const char *name, struct dbm_err *err)
    * this bitmap may still read it: retired, not freed.
    */
   tracker_retire_bitmap (tr, gone);
+  tracker_retire_bitmap (tr, zgone);
   epoch_reclaim ();
   tr->cfg.log ("%s: bitmap '%s' removed", tr->cfg.path, name);
   return not_durable (tr, r, "removal", name, err);

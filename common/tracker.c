@@ -433,6 +433,8 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
   pthread_mutex_init (&tr->arm_lock, NULL);
   pthread_mutex_init (&tr->sync_lock, NULL);
   pthread_mutex_init (&tr->quiesce_lock, NULL);
+  pthread_mutex_init (&tr->zero_enable_lock, NULL);
+  pthread_mutex_init (&tr->zero_lock, NULL);
 
   if (stat (cfg->path, &st) == -1) {
     if (errno != ENOENT) {
@@ -622,11 +624,14 @@ reassert_in_use (struct tracker *tr)
 
 /* Record the write in every bitmap of set S: set bits, and in crash-safe
  * mode touch and arm every region the range covers.  FORCE flags the
- * leaves changed even if no bit flips (see tracker_mark).
+ * leaves changed even if no bit flips (see tracker_mark).  DATA: a data
+ * write, which first clears the zero bits of every granule it touches
+ * (zero-maps.c: before the dirty bits, so that a cut that saved this
+ * write's dirty bit also sees its zero bits cleared).
  */
 static int
 mark_set (struct tracker *tr, const struct track_set *s, uint64_t offset,
-          uint64_t count, bool force)
+          uint64_t count, bool force, bool data)
 {
   size_t i;
 
@@ -635,10 +640,13 @@ mark_set (struct tracker *tr, const struct track_set *s, uint64_t offset,
     unsigned g = t->bits->granularity_bits;
     uint64_t first = offset >> g, last = (offset + count - 1) >> g, r, rl;
 
+    if (data && !bitmap_all_clear_fast (t->zero, first, last))
+      bitmap_clear_bits (t->zero, first, last);
     /* Invariant: the bits are set before the write is forwarded, and the
      * write path never clears them.
      */
-    if (bitmap_set_bits (t->bits, first, last) == -1)
+    if (!bitmap_all_set_fast (t->bits, first, last) &&
+        bitmap_set_bits (t->bits, first, last) == -1)
       return -1;
     if (force)
       bitmap_flag_range (t->bits, first, last);
@@ -671,14 +679,14 @@ mark_set (struct tracker *tr, const struct track_set *s, uint64_t offset,
  */
 static int __attribute__ ((noinline))
 mark_slow (struct tracker *tr, const struct track_set *s, uint64_t offset,
-           uint64_t count)
+           uint64_t count, bool data)
 {
   bool force = false;
 
   for (;;) {
     const struct track_set *now;
 
-    if (mark_set (tr, s, offset, count, force) == -1)
+    if (mark_set (tr, s, offset, count, force, data) == -1)
       return -1;
     DBM_TEST_HOOK (DBM_HOOK_MARK_MARKED);
     now = atomic_load (&tr->set);
@@ -711,15 +719,23 @@ mark_is_noop (const struct tracker *tr, const struct track_set *s,
  * the old bitmap was saved: take the general path.
  */
 int
+tracker_mark_set_inside (struct tracker *tr, const struct track_set *s,
+                         uint64_t offset, uint64_t count, bool clear_zero)
+{
+  DBM_TEST_HOOK (DBM_HOOK_MARK_LOADED);
+  /* Zero bits to clear are not seen by the no-op check. */
+  if (count != 0 &&
+      (clear_zero || !(mark_is_noop (tr, s, offset, count) &&
+                       atomic_load (&tr->set) == s)))
+    return mark_slow (tr, s, offset, count, clear_zero);
+  return 0;
+}
+
+int
 tracker_mark_inside (struct tracker *tr, uint64_t offset, uint64_t count)
 {
-  const struct track_set *s = atomic_load (&tr->set);
-
-  DBM_TEST_HOOK (DBM_HOOK_MARK_LOADED);
-  if (count != 0 &&
-      !(mark_is_noop (tr, s, offset, count) && atomic_load (&tr->set) == s))
-    return mark_slow (tr, s, offset, count);
-  return 0;
+  return tracker_mark_set_inside (tr, atomic_load (&tr->set), offset, count,
+                                  atomic_load (&tr->zero_counting));
 }
 
 void

@@ -104,6 +104,25 @@ struct tracked_state {
    * its bits on disk are final, so a late marker must not arm it.
    */
   _Atomic bool retired;
+  /* Zero-aware maps (zero-maps.c): granules whose last change in this
+   * bitmap's interval was a zero or trim request, in memory only, same
+   * granularity.  Closing: a cut is replacing this state, so no zero
+   * request sets bits here any more (zero_lock).
+   */
+  struct bitmap *zero;
+  bool closing;
+};
+
+/* Zero-aware maps: data writes in flight, counted per stripe of the disk
+ * (zero-maps.c).  A line each, so that writers to different stripes share
+ * none.
+ */
+#define TRACKER_ZERO_STRIPES        64
+#define TRACKER_ZERO_STRIPE_SHIFT   20
+struct zero_stripe {
+  _Atomic uint64_t started;     /* data writes begun (before marking) */
+  _Atomic uint64_t finished;    /* data writes forwarded and returned */
+  char pad[48];
 };
 
 /* What the write path reads for one bitmap, copied into the set. */
@@ -112,6 +131,7 @@ struct tracked {
   unsigned region_shift;
   uint64_t nbits;
   _Atomic (_Atomic uint64_t *) *leaves;
+  _Atomic (_Atomic uint64_t *) *zero_leaves;    /* the state's zero map */
   /* crash-safe: the state's armed regions.  qemu mode has nothing to
    * check: region_shift is 63 (every bit is in region 0) and armed points
    * at a word whose bit 0 is set (tracker_always_armed), so that the
@@ -154,6 +174,11 @@ struct tracker {
    */
   _Atomic (const struct track_set *) fast;
   _Atomic (const struct track_set *) *fast_slot;   /* &fast, or cfg's */
+  /* The same view once zero maps count data writes (zero_counting): then
+   * FAST is NULL, and the steady state is tracker_enter_counted_noop's,
+   * which counts the write before its checks.
+   */
+  _Atomic (const struct track_set *) fast_zero;
   /* tracker_hold_slow_path holds (under quiesce_lock): while > 0 the
    * fast view stays NULL.
    */
@@ -187,6 +212,21 @@ struct tracker {
   size_t nstates;
   struct bitmap **owned;
   size_t nowned;
+
+  /* Zero-aware maps (zero-maps.c).  Set once, by the first zero or trim
+   * request, under zero_enable_lock: zero_counting (from then on data
+   * writes are counted and clear zero bits), an epoch barrier (no
+   * uncounted data write is left), then zero_live (zero requests may
+   * set bits).
+   * zero_lock: a zero request's setting of bits, a cut's closing of
+   * states and the capture of frozen zero maps.  Neither is held while
+   * waiting for anything else.
+   */
+  _Atomic bool zero_counting;   /* set first: data writes count */
+  _Atomic bool zero_live;       /* then, once none uncounted is left */
+  pthread_mutex_t zero_enable_lock;
+  pthread_mutex_t zero_lock;
+  struct zero_stripe zero_stripes[TRACKER_ZERO_STRIPES];
 
   uint64_t generation;          /* +1 at each checkpoint or growth */
   int64_t last_persist;         /* time() of the last durable save, or 0 */
@@ -240,6 +280,56 @@ extern int tracker_mark (struct tracker *tr, uint64_t offset, uint64_t count);
 extern int tracker_mark_inside (struct tracker *tr, uint64_t offset,
                                 uint64_t count);
 
+/* Zero-aware maps.  A granule's zero bit says that the last change to
+ * all of it was a zero or trim request; a data write clears it.  It is
+ * never set unless that is certain: a zero request sets bits only if no
+ * data write to its stripes was in flight while it ran, and only in the
+ * bitmaps it marked, if no cut began meanwhile.  The enabled bitmaps'
+ * maps live in memory only (a restart starts them empty); a checkpoint
+ * saves the frozen ones in the file (qcow2-zero.c).
+ *
+ * tracker_zero_enable: called before a zero or trim request enters the
+ * epoch, holding nothing: the first call makes every later data write
+ * count itself (and waits for the writes in flight).
+ */
+extern void tracker_zero_enable (struct tracker *tr);
+
+/* The steady state once zero maps count data writes: the write counts
+ * itself in its stripe, then checks that it needs nothing (as
+ * tracker_slot_enter_noop) and that its granules have no zero bit to
+ * clear.  Returns the epoch slot to pass, with *COUNTED, to
+ * tracker_counted_leave once the write returned; NULL: take the general
+ * path (tracker_mark_data), nothing to leave.
+ */
+extern struct epoch_slot *tracker_enter_counted_noop (
+  struct tracker *tr, uint64_t offset, uint64_t count,
+  struct zero_stripe **counted);
+extern void tracker_counted_leave (struct epoch_slot *e,
+                                   struct zero_stripe *counted);
+
+/* What a zero request carries from marking to its completion. */
+struct tracker_zero_op {
+  const struct track_set *s;    /* the set it marked */
+  uint64_t started;             /* data writes begun on its stripes */
+  bool ok;                      /* none was in flight when it began */
+};
+
+/* Inside the epoch, for the whole request.  A data write: mark (clearing
+ * zero bits), *COUNTED says whether tracker_data_done must follow once
+ * the write returns.  A zero or trim: mark, and after it succeeded
+ * tracker_zero_done sets the zero bits of whole granules if still
+ * certain.
+ */
+extern int tracker_mark_data (struct tracker *tr, uint64_t offset,
+                              uint64_t count, bool *counted);
+extern void tracker_data_done (struct tracker *tr, uint64_t offset,
+                               uint64_t count);
+extern int tracker_mark_zero (struct tracker *tr, uint64_t offset,
+                              uint64_t count, struct tracker_zero_op *op);
+extern void tracker_zero_done (struct tracker *tr, uint64_t offset,
+                               uint64_t count,
+                               const struct tracker_zero_op *op);
+
 /* Keep the write path's fast view empty (HOLD true) while something
  * must see every write (live snapshots), or let it be used again.
  * Counted: each hold needs its release.
@@ -272,6 +362,33 @@ tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
   if (((w >> (first & 63)) << (63 - (last - first))) != 0)
     return false;
   /* A word never straddles regions (a region is whole words). */
+  r = first >> t->region_shift;
+  return (atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1;
+}
+
+/* tracked_is_noop, and no zero bit of bitmap T set in the range either
+ * (zero-maps.c: a data write must clear them), from the same word.
+ */
+static inline __attribute__ ((always_inline)) bool
+tracked_is_noop_zero (const struct tracked *t, uint64_t offset,
+                      uint64_t count)
+{
+  uint64_t first = offset >> t->granularity_bits;
+  uint64_t last = (offset + count - 1) >> t->granularity_bits;
+  uint64_t leaf = first / BITMAP_LEAF_BITS, wi = (first % BITMAP_LEAF_BITS) >> 6;
+  unsigned lo = first & 63, up = 63 - (last - first);
+  _Atomic uint64_t *words, *zero;
+  uint64_t r;
+
+  if (((first ^ last) >> 6) != 0 || last >= t->nbits)
+    return false;
+  words = atomic_load (&t->leaves[leaf]);
+  if (words == NULL ||
+      (((~atomic_load (&words[wi])) >> lo) << up) != 0)
+    return false;
+  zero = atomic_load (&t->zero_leaves[leaf]);
+  if (zero != NULL && ((atomic_load (&zero[wi]) >> lo) << up) != 0)
+    return false;
   r = first >> t->region_shift;
   return (atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1;
 }

@@ -1228,51 +1228,92 @@ dirtybitmap_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return 0;
 }
 
-/* Enter the epoch, record the write, and copy what the live snapshots
- * must keep of the range; the caller forwards the write and then leaves
- * the epoch (snapshots.h: a snapshot's freeze waits for writers inside).
- * NULL with *ERR set: the request must fail.
+/* A write between its recording and its return: the epoch it is inside,
+ * and what the zero maps need once it has returned (tracker.h).
  */
-static struct epoch_slot *
-enter_and_mark (nbdkit_next *next, uint64_t offset, uint32_t count, int *err)
-{
-  for (;;) {
-    struct epoch_slot *e = epoch_enter ();
+struct recorded {
+  struct epoch_slot *e;
+  bool zero;                    /* a zero or trim request */
+  bool counted;                 /* a data write tracker_data_done ends */
+  struct tracker_zero_op zop;
+  uint64_t offset;
+  uint32_t count;
+};
 
+/* Leave the epoch; a counted data write says first that it returned. */
+static void
+leave (struct recorded *w)
+{
+  if (w->counted)
+    tracker_data_done (tracker, w->offset, w->count);
+  w->counted = false;
+  epoch_leave (w->e);
+}
+
+/* Enter the epoch, record the write, and copy what the live snapshots
+ * must keep of the range; the caller forwards the write and then calls
+ * finish (snapshots.h: a snapshot's freeze waits for writers inside).
+ * -1 with *ERR set: the request must fail.
+ */
+static int
+enter_and_mark (nbdkit_next *next, uint64_t offset, uint32_t count,
+                bool zero, struct recorded *w, int *err)
+{
+  w->zero = zero;
+  w->offset = offset;
+  w->count = count;
+  /* Outside the epoch: the first zero request waits for the data writes
+   * in flight to be counted.
+   */
+  if (zero)
+    tracker_zero_enable (tracker);
+  for (;;) {
+    int r;
+
+    w->e = epoch_enter ();
+    w->counted = false;
     if (dirtybitmap_debug_verbose)
       nbdkit_debug ("dirtybitmap: mark %" PRIu64 "+%" PRIu32, offset, count);
-    if (tracker_mark_inside (tracker, offset, count) == -1) {
+    r = zero ? tracker_mark_zero (tracker, offset, count, &w->zop)
+      : tracker_mark_data (tracker, offset, count, &w->counted);
+    if (r == -1) {
       *err = errno ? errno : EIO;
-      epoch_leave (e);
+      leave (w);
       static struct log_limit ll = LOG_LIMIT_INIT;
 
       limited_error (&ll, "dirtybitmap: %s: cannot record write at %" PRIu64
                      "+%" PRIu32 " (refused): %s", bitmap_file, offset, count,
                      strerror (*err));
-      return NULL;
+      return -1;
     }
     if (snapshots_before_write (&snaps, offset, count, read_next, next))
-      return e;
+      return 0;
     /* A snapshot is freezing: start over once it is frozen. */
-    epoch_leave (e);
+    leave (w);
     snapshots_wait_thaw (&snaps);
   }
 }
 
-/* After the write: leave, and make a FUA write's bits durable too. */
+/* After the write: a zero request that succeeded may set zero bits;
+ * leave, and make a FUA write's bits durable too.
+ */
 static int
-finish (struct epoch_slot *e, int r, uint32_t flags, int *err)
+finish (struct recorded *w, int r, uint32_t flags, int *err)
 {
-  epoch_leave (e);
+  if (r == 0 && w->zero)
+    tracker_zero_done (tracker, w->offset, w->count, &w->zop);
+  leave (w);
   if (r == 0 && (flags & NBDKIT_FLAG_FUA))
     r = save (err);
   return r;
 }
 
 /* The steady state: the range is already recorded (and, crash-safe, its
- * region durable), no FUA, no live snapshot (and no debug logging, which
- * keeps the tracker's fast pointer NULL): the filter costs a few loads,
- * and stays inside the epoch until the plugin returns.
+ * region durable), no FUA, no live snapshot, no zero request seen yet
+ * (and no debug logging, which keeps the tracker's fast pointer NULL):
+ * the filter costs a few loads, and stays inside the epoch until the
+ * plugin returns.  After a zero request the same takes a call
+ * (tracker_enter_counted_noop): the write counts itself first.
  */
 static inline __attribute__ ((always_inline)) struct epoch_slot *
 steady (uint64_t offset, uint32_t count, uint32_t flags)
@@ -1286,12 +1327,32 @@ static int __attribute__ ((noinline))
 record_pwrite (nbdkit_next *next, void *handle, const void *buf,
                uint32_t count, uint64_t offset, uint32_t flags, int *err)
 {
-  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
+  struct recorded w;
 
-  if (e == NULL)
+  if (enter_and_mark (next, offset, count, false, &w, err) == -1)
     return -1;
-  return finish (e, next->pwrite (next, buf, count, offset, flags, err),
+  return finish (&w, next->pwrite (next, buf, count, offset, flags, err),
                  flags, err);
+}
+
+/* The steady state once zero maps count data writes: small, so that it
+ * costs no more than the call (record_pwrite's frame is large).
+ */
+static int __attribute__ ((noinline))
+counted_pwrite (nbdkit_next *next, void *handle, const void *buf,
+                uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  struct zero_stripe *counted;
+  struct epoch_slot *e = NULL;
+
+  if (!(flags & NBDKIT_FLAG_FUA))
+    e = tracker_enter_counted_noop (tracker, offset, count, &counted);
+  if (e) {
+    int r = next->pwrite (next, buf, count, offset, flags, err);
+    tracker_counted_leave (e, counted);
+    return r;
+  }
+  return record_pwrite (next, handle, buf, count, offset, flags, err);
 }
 
 static int
@@ -1305,57 +1366,36 @@ dirtybitmap_pwrite (nbdkit_next *next, void *handle, const void *buf,
     epoch_leave (e);
     return r;
   }
-  return record_pwrite (next, handle, buf, count, offset, flags, err);
+  return counted_pwrite (next, handle, buf, count, offset, flags, err);
 }
 
-static int __attribute__ ((noinline))
-record_zero (nbdkit_next *next, void *handle, uint32_t count,
-             uint64_t offset, uint32_t flags, int *err)
-{
-  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
-
-  if (e == NULL)
-    return -1;
-  return finish (e, next->zero (next, count, offset, flags, err), flags, err);
-}
-
+/* Zero and trim requests always take the general path: they may set
+ * zero bits (tracker.h), which the steady state does not look at.  Both
+ * count as "zero" for the maps: after a trim the plugin may read back
+ * anything, but no backup needs to copy it.
+ */
 static int
 dirtybitmap_zero (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags, int *err)
 {
-  struct epoch_slot *e = steady (offset, count, flags);
+  struct recorded w;
 
-  if (e) {
-    int r = next->zero (next, count, offset, flags, err);
-    epoch_leave (e);
-    return r;
-  }
-  return record_zero (next, handle, count, offset, flags, err);
-}
-
-static int __attribute__ ((noinline))
-record_trim (nbdkit_next *next, void *handle, uint32_t count,
-             uint64_t offset, uint32_t flags, int *err)
-{
-  struct epoch_slot *e = enter_and_mark (next, offset, count, err);
-
-  if (e == NULL)
+  if (enter_and_mark (next, offset, count, true, &w, err) == -1)
     return -1;
-  return finish (e, next->trim (next, count, offset, flags, err), flags, err);
+  return finish (&w, next->zero (next, count, offset, flags, err), flags,
+                 err);
 }
 
 static int
 dirtybitmap_trim (nbdkit_next *next, void *handle, uint32_t count,
                   uint64_t offset, uint32_t flags, int *err)
 {
-  struct epoch_slot *e = steady (offset, count, flags);
+  struct recorded w;
 
-  if (e) {
-    int r = next->trim (next, count, offset, flags, err);
-    epoch_leave (e);
-    return r;
-  }
-  return record_trim (next, handle, count, offset, flags, err);
+  if (enter_and_mark (next, offset, count, true, &w, err) == -1)
+    return -1;
+  return finish (&w, next->trim (next, count, offset, flags, err), flags,
+                 err);
 }
 
 static struct nbdkit_filter filter = {

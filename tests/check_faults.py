@@ -19,7 +19,8 @@
     growth that fails refuses the new connection (nbdkit's handshake error);
   * a read of the snapshot where a write landed after its cut returns the
     contents at the cut (zeroes) or fails with EIO (a broken snapshot, or
-    one never taken: then the connection is refused), never the write.
+    one never taken: then the connection is refused), never the write;
+  * no zero map calls zero a range that was not trimmed or zeroed.
 """
 import json
 import os
@@ -32,8 +33,14 @@ mode = sys.argv[3]
 D = os.environ["DIRTYBITMAP"]
 
 
+# Every range a zero map may call zero: the workload's trim and zero
+# requests (65536 bytes each, no data written there afterwards).
+ZEROED = [(r["offset"], 65536) for r in res if r["op"] in ("trim", "zero")]
+
+
 def union_map(path):
-    """Dirty extents of every bitmap of PATH (last persisted contents)."""
+    """Dirty extents of every bitmap of PATH (last persisted contents);
+    a zero extent outside ZEROED is a problem (bad)."""
     info = subprocess.run([D, "info", path, "--json"], capture_output=True,
                           text=True)
     if info.returncode != 0:
@@ -44,6 +51,12 @@ def union_map(path):
                              capture_output=True, text=True)
         if out.returncode != 0:
             return None
+        for e in json.loads(out.stdout):
+            if e["zero"] and not any(a <= e["offset"] and
+                                     e["offset"] + e["length"] <= a + n
+                                     for a, n in ZEROED):
+                bad.append("%s: bitmap %s calls %d+%d zero, never zeroed" %
+                           (path, b["name"], e["offset"], e["length"]))
         ext += [(e["offset"], e["length"]) for e in json.loads(out.stdout)
                 if e["dirty"]]
     return ext

@@ -13,7 +13,12 @@ Per trial:
     that reached the plugin is the ground truth, acked or not);
   * every write whose reply a writer received is dirty;
   * every dirty region (bitmap-region bytes) intersects a write that was
-    at least sent (the documented over-approximation bound).
+    at least sent (the documented over-approximation bound);
+  * zero maps: writers also send zero and trim requests; no granule a
+    frozen bitmap's map calls zero had a data write acknowledged before
+    the checkpoint that froze it was asked for and sent after every zero
+    or trim request covering it had returned (then its last change
+    before the cut was certainly data).
 Also kills during the very first start (file being created) and during
 the restart that rewrites the file (a client connects at once, since the
 filter may defer both to the first connection); the restart after that
@@ -87,6 +92,8 @@ def start(workdir, disk, bm, extra=()):
         if os.path.exists(pidf) and os.path.getsize(pidf) and os.path.exists(sock):
             break
         time.sleep(0.02)
+    if os.environ.get("ZDEBUG"):
+        print("start %.4f" % time.monotonic())
     return int(open(pidf).read()), "nbd+unix:///?socket=" + sock
 
 
@@ -94,26 +101,32 @@ _final = {}
 
 
 def dirty_map(bm):
-    """Dirty extents of the union of every bitmap in the file.  A disabled
+    """Dirty extents of the union of every bitmap in the file, and the
+    zero extents of each disabled one with the bitmap after it (the
+    checkpoint that froze it): [(name, next name, extents)].  A disabled
     bitmap is final (only a removal could change it, and nothing here
     removes), so its extents are read once."""
     info = json.loads(subprocess.run([CLI, "info", bm, "--json"], check=True,
                                      capture_output=True, text=True).stdout)
-    ext = []
-    for b in info["bitmaps"]:
+    ext, zeros = [], []
+    names = [b["name"] for b in info["bitmaps"]]
+    for i, b in enumerate(info["bitmaps"]):
         key = (bm, b["name"])
         if key not in _final:
-            out = subprocess.run([CLI, "map", bm, b["name"], "--json"],
-                                 check=True, capture_output=True,
-                                 text=True).stdout
-            e = [(x["offset"], x["length"]) for x in json.loads(out)
-                 if x["dirty"]]
+            out = json.loads(subprocess.run([CLI, "map", bm, b["name"],
+                                             "--json"], check=True,
+                                            capture_output=True,
+                                            text=True).stdout)
+            e = [(x["offset"], x["length"]) for x in out if x["dirty"]]
+            z = [(x["offset"], x["length"]) for x in out if x["zero"]]
             if "auto" not in b["flags"]:
-                _final[key] = e
+                _final[key] = e, z
         else:
-            e = _final[key]
+            e, z = _final[key]
         ext += e
-    return ext
+        if z and i + 1 < len(names):
+            zeros.append((b["name"], names[i + 1], z))
+    return ext, zeros
 
 
 CHECKPOINTS = True
@@ -121,18 +134,29 @@ _ck = [0]
 _ck_ok = [0]
 
 
+# Checkpoint name -> time.monotonic() it was asked, and it answered (the
+# cut lies between: absent if no answer came).
+_ck_asked = {}
+_ck_done = {}
+
+
 def checkpointer(workdir, seed, stop):
     import socket
     rng = random.Random(seed)
     while not stop.wait(rng.uniform(0.05, 0.4)):
         _ck[0] += 1
+        _ck_asked["c%d" % _ck[0]] = time.monotonic()
         try:
             s = socket.socket(socket.AF_UNIX)
             s.settimeout(10)
             s.connect(os.path.join(workdir, "ctl"))
             s.sendall(b"checkpoint c%d\n" % _ck[0])
-            if s.makefile().readline().strip() == "ok":
+            reply = s.makefile().readline().strip()
+            if reply == "ok":
                 _ck_ok[0] += 1
+            _ck_done["c%d" % _ck[0]] = time.monotonic()
+            if os.environ.get("ZDEBUG"):
+                print("ck c%d done %.4f %r" % (_ck[0], time.monotonic(), reply))
             s.close()
         except OSError:
             pass        # the server is being killed
@@ -145,6 +169,12 @@ def is_dirty(ext, off, n):
     return False
 
 
+# Every request of the current trial: [kind, off, n, sent at, acked at]
+# (time.monotonic(); acked None if no reply came).
+_ops = []
+_zchecked = set()       # frozen bitmaps whose zero map was checked
+
+
 def writer(uri, seed, sent, acked, stop):
     rng = random.Random(seed)
     try:
@@ -153,13 +183,67 @@ def writer(uri, seed, sent, acked, stop):
         while not stop.is_set():
             n = rng.randint(1, MAXW)
             off = rng.randrange(0, SIZE - n)
+            if rng.random() < 0.5:
+                off -= off % GRAN
+            kind = rng.choices(["data", "zero", "trim"], [70, 15, 15])[0]
+            op = [kind, off, n, time.monotonic(), None]
             sent.append((off, n))
+            _ops.append(op)
             if rng.random() < 0.1:
                 h.flush()
-            h.pwrite(bytes([rng.randrange(1, 256)]) * n, off)
+            if kind == "data":
+                h.pwrite(bytes([rng.randrange(1, 256)]) * n, off)
+            elif kind == "zero":
+                h.zero(n, off)
+            else:
+                h.trim(n, off)
+            op[4] = time.monotonic()
             acked.append((off, n))
     except Exception:
         pass
+
+
+def zero_problems(zeros):
+    """Granules a frozen zero map calls zero although a data write,
+    acknowledged before the freezing checkpoint was asked for, began after
+    every zero or trim request covering the granule that may have come
+    before the cut (sent before the checkpoint answered) had returned."""
+    by_g = {}
+    for op in _ops:
+        kind, off, n = op[0], op[1], op[2]
+        for g in range(off // GRAN, (off + n - 1) // GRAN + 1):
+            whole = off <= g * GRAN and (g + 1) * GRAN <= off + n
+            if kind == "data" or whole:
+                by_g.setdefault(g, []).append(op)
+    problems = []
+    for name, frozen_by, ext in zeros:
+        t_cut = _ck_asked.get(frozen_by)
+        if t_cut is None or name in _zchecked:
+            continue
+        # Final: checked once, with the requests of the run that froze it
+        # (its zero bits were all set in that run: a start begins with an
+        # empty map, so the soak may forget the requests of earlier runs).
+        _zchecked.add(name)
+        t_done = _ck_done.get(frozen_by, float("inf"))
+        for a, l in ext:
+            for g in range(a // GRAN, (a + l) // GRAN):
+                ops = by_g.get(g, [])
+                zs = [op for op in ops if op[0] != "data" and op[3] < t_done]
+                for w in ops:
+                    if (w[0] == "data" and w[4] is not None and w[4] < t_cut
+                            and all(z[4] is not None and z[4] < w[3]
+                                    for z in zs)):
+                        problems.append("granule %d is zero in %s's map, but "
+                                        "data was written after its last "
+                                        "zero request" % (g, name))
+                        if os.environ.get("ZDEBUG"):
+                            print("cut %s asked %.4f done %.4f" % (frozen_by, t_cut, t_done))
+                            for op in by_g.get(g, []):
+                                print("  op", op)
+                        break
+                if problems:
+                    return problems
+    return problems
 
 
 def kill_early(workdir, name, disk, bm, rng, sent, acked):
@@ -182,6 +266,8 @@ def kill_early(workdir, name, disk, bm, rng, sent, acked):
     th = threading.Thread(target=early)
     th.start()
     time.sleep(rng.uniform(0, 0.1))
+    if os.environ.get("ZDEBUG"):
+        print("early kill %.4f" % time.monotonic())
     p.send_signal(signal.SIGKILL)
     p.wait()
     stop.set()
@@ -227,14 +313,6 @@ def data_extents(f):
 
 
 def disk_has_data(disk):
-    if LARGE:
-        # Regions dirty in the file, and how many of them all-ones: the
-        # others were shrunk by a persist (and re-armed if written since).
-        rg = REGION // GRAN
-        counts = [dg[r * rg:(r + 1) * rg].count(1)
-                  for r in range(SIZE // REGION)]
-        _rstats.append((sum(1 for c in counts if c),
-                        sum(1 for c in counts if c == rg)))
     with open(disk, "rb") as f:
         for d, n in data_extents(f):
             f.seek(d)
@@ -249,6 +327,7 @@ def disk_has_data(disk):
 
 
 _nofile = [0]
+_zstats = [0]           # bytes the zero maps called zero, at all checks
 _rstats = []            # --large: (regions dirty, all-ones) per check
 
 
@@ -276,7 +355,9 @@ def verify(bm, disk, sent, acked, what):
                           capture_output=True, text=True).stdout
     if "in-use" in info:
         problems.append("bitmap left in_use")
-    ext = dirty_map(bm)
+    ext, zeros = dirty_map(bm)
+    problems += zero_problems(zeros)
+    _zstats[0] += sum(l for _, _, z in zeros for _, l in z)
     # Dirty granules as an array: O(1) per check however long the history.
     dg = bytearray(SIZE // GRAN)
     for a, l in ext:
@@ -326,6 +407,8 @@ def verify(bm, disk, sent, acked, what):
 def trial(workdir, rng, t):
     disk = os.path.join(workdir, "disk%d.img" % t)
     bm = os.path.join(workdir, "bm%d.qcow2" % t)
+    if os.path.lexists(bm):     # left by an earlier run's failed trial
+        os.unlink(bm)
     with open(disk, "wb") as f:
         f.truncate(SIZE)
     sent, acked = [], []
@@ -336,6 +419,8 @@ def trial(workdir, rng, t):
         pid, uri = start(workdir, disk, bm)
         stop, ths = start_writers(uri, rng, sent, acked, 3)
         time.sleep(rng.uniform(*ROUND))
+        if os.environ.get("ZDEBUG"):
+            print("kill %.4f" % time.monotonic())
         os.kill(pid, signal.SIGKILL)
         # Dying takes a moment (a thread may be inside fdatasync); its
         # locks go with it, and qemu-img check needs them gone.
@@ -369,6 +454,8 @@ def trial(workdir, rng, t):
         if os.path.lexists(f):
             os.unlink(f)
     _final.clear()
+    _zchecked.clear()
+    del _ops[:]
     return problems
 
 
@@ -393,6 +480,7 @@ def soak(workdir, rng, seconds):
                  if f.startswith("soak.qcow2.tmp")]
         pid, uri = start(workdir, disk, bm)
         n0 = len(acked)
+        del _ops[:]     # see zero_problems
         stop, ths = start_writers(uri, rng, sent, acked, 4)
         deadline = time.time() + 10
         while len(acked) == n0 and time.time() < deadline:
@@ -457,10 +545,11 @@ def main():
             violations += 1
             print("trial %d: VIOLATION: %s" % (t, "; ".join(problems[:3])))
     print("crash harness%s: seed %d, %d trials (%d kills), %d checkpoints, "
-          "%d checks without a bitmap file (nothing acknowledged), %d violations"
+          "%d checks without a bitmap file (nothing acknowledged), %d bytes "
+          "called zero by frozen maps at the checks, %d violations"
           % (" (--large: 1 TiB, 4096 regions)" if LARGE else "",
              a.seed, a.trials, a.trials * 2, _ck_ok[0], _nofile[0],
-             violations))
+             _zstats[0], violations))
     if _rstats:
         d = sorted(x[0] for x in _rstats)
         f = sorted(x[1] for x in _rstats)

@@ -8,7 +8,8 @@ records each outcome.  After every flush or FUA write that succeeds it
 copies the bitmap file to OUT.json's directory (snap-K.qcow2), so the test
 can check that the reply was not a false success.  With CONTROL_SOCKET it
 also takes a checkpoint and removes the bitmap that checkpoint disabled
-(so faults hit the rewrites of checkpoint and removal), then a
+(so faults hit the rewrites of checkpoint and removal, and the zero map
+the checkpoint saves for the whole granules trimmed and zeroed), then a
 checkpoint with a snapshot, a write its copy-before-write must preserve,
 a read of the snapshot there (it must never show the new data) and its
 release (so faults hit the snapshot's store and its note in the
@@ -71,9 +72,9 @@ for op in ops:
         elif op[0] == "fua":
             h.pwrite(b"f" * 4096, op[1], nbd.CMD_FLAG_FUA)
         elif op[0] == "trim":
-            h.trim(4096, op[1])
+            h.trim(65536, op[1])        # whole granules: a zero map to save
         elif op[0] == "zero":
-            h.zero(4096, op[1])
+            h.zero(65536, op[1])
         elif op[0] == "r":
             h.pread(4096, op[1])
         elif op[0] == "flush":

@@ -131,7 +131,11 @@ map_ours () {
         echo "map_ours: cannot read bitmap $2 of $1"
         return 1
     fi
-    printf '%s\n' "$out" | awk '$3 == "dirty" { print $1, $2 }'
+    # Dirty runs split by zero ranges (a 4th column) are merged again.
+    printf '%s\n' "$out" | awk '
+        $3 == "dirty" { if (n && o + n == $1) n += $2
+                        else { if (n) print o, n; o = $1; n = $2 } }
+        END { if (n) print o, n }'
 }
 
 # The same, read independently by QEMU: qemu-nbd -B + nbdinfo --map.

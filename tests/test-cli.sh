@@ -126,9 +126,9 @@ expect_map want got "map after qemu merge"
 $D map a.qcow2 first --json | /usr/bin/python3 -c '
 import json, sys
 ext = json.load(sys.stdin)
-assert ext[0] == {"offset": 0, "length": 65536, "dirty": True}, ext[0]
+assert ext[0] == {"offset": 0, "length": 65536, "dirty": True, "zero": False}, ext[0]
 assert sum(e["length"] for e in ext) == 10 << 30
-assert all(a["dirty"] != b["dirty"] for a, b in zip(ext, ext[1:]))  # merged
+assert all((a["dirty"], a["zero"]) != (b["dirty"], b["zero"]) for a, b in zip(ext, ext[1:]))  # merged
 assert all(a["offset"] + a["length"] == b["offset"] for a, b in zip(ext, ext[1:]))
 '
 $D info a.qcow2 --json | /usr/bin/python3 -c '

@@ -3,7 +3,7 @@
 # (LD_PRELOAD shim failing the N-th write, sync, truncate, open, mkostemp,
 # fchmod, fchown, rename, link or directory fsync with ENOSPC or EIO, for
 # N over every call of a scripted run through creation, flushes, FUA, a
-# checkpoint, a removal, a snapshot (its store, copy, read and release)
+# checkpoint (and the zero map it saves), a removal, a snapshot (its store, copy, read and release)
 # and a growth; one-shot and sticky), in both modes:
 # a flush or FUA reply is never a false success, reads keep being served,
 # data requests succeed or fail with ENOSPC/EIO, the file always passes
@@ -63,6 +63,12 @@ for mode in qemu crash-safe; do
     total=$(awk '{ s += $1 } END { print s }' count)
     [ "$total" -gt 5 ] || fail "$mode: only $total watched calls"
     verdict $mode "$mode without faults"
+    # Without faults the checkpoint saved the trimmed and zeroed granules'
+    # zero map (so the faulty runs below hit that save too).
+    $DIRTYBITMAP map snap-4.qcow2 dirtybitmap --json | json_check '
+        [(e["offset"], e["length"]) for e in j if e["zero"]] ==
+        [(17 << 20, 65536), (21 << 20, 65536)]' ||
+        fail "$mode: no zero map saved by the checkpoint"
     n_runs=0
     for (( n=1; n<=total; n++ )); do
         e=ENOSPC; [ $((n % 2)) -eq 0 ] && e=EIO

@@ -4,6 +4,9 @@
  * needs no more; after each failure the tracker still marks, persists
  * and closes cleanly, the file is valid, and every range marked before
  * or after is in the file's union of bitmaps (nothing recorded is lost).
+ * A zero request before the operation gives the checkpoint a zero map to
+ * save (its allocations fail in turn too): the file's zero maps call
+ * nothing zero but that request's granule.
  * Linked with -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc.
  */
 #include <config.h>
@@ -95,6 +98,46 @@ file_covers (uint64_t off)
   return r;
 }
 
+/* A zero request of [off, off+len), whole. */
+static void
+zero (struct tracker *tr, uint64_t off, uint64_t len)
+{
+  struct tracker_zero_op op;
+  struct epoch_slot *e;
+
+  tracker_zero_enable (tr);
+  e = epoch_enter ();
+  CHECK (tracker_mark_zero (tr, off, len, &op) == 0);
+  tracker_zero_done (tr, off, len, &op);
+  epoch_leave (e);
+}
+
+/* Bits the file's zero maps set other than granule ZG; sets *SAVED if
+ * one has ZG.
+ */
+static uint64_t
+stray_zero_bits (uint64_t zg, bool *saved)
+{
+  struct qcow2_image *img;
+  struct dbm_err err;
+  uint64_t n = 0;
+  uint32_t i;
+
+  *saved = false;
+  if (qcow2_open (path, QCOW2_OPEN_LOAD_IN_USE, &img, &err) == -1)
+    return 1;
+  for (i = 0; i < img->nb_bitmaps; ++i) {
+    const struct bitmap *bm = img->bitmaps[i].bits;
+
+    if (!qcow2_is_zero_map (img, i))
+      continue;
+    *saved |= bitmap_test (bm, zg);
+    n += bitmap_count (bm) - bitmap_test (bm, zg);
+  }
+  qcow2_close (img);
+  return n;
+}
+
 /* One run of OP with the N-th allocation failing; true if the operation
  * no longer met a failure (N is past its last allocation).
  */
@@ -104,6 +147,8 @@ run (enum op op, long n)
   struct dbm_err err;
   struct tracker *tr;
   uint64_t before = 3 * (UINT64_C (1) << 20), after = 700 << 20;
+  uint64_t zoff = 5 << 20;
+  bool saved;
   int r = 0;
 
   unlink (path);
@@ -115,6 +160,7 @@ run (enum op op, long n)
   if (op != CREATE) {
     CHECK (tracker_set_size (tr, SIZE, &err) == 0);
     CHECK (tracker_mark (tr, before, 512) == 0);
+    zero (tr, zoff, UINT64_C (1) << G);
     if (op == REMOVE) {
       CHECK (tracker_checkpoint (tr, "b1", G, &err) == 0);
       CHECK (tracker_mark (tr, before + (1 << 20), 512) == 0);
@@ -148,6 +194,9 @@ run (enum op op, long n)
   if (op == REMOVE)
     CHECK (file_covers (before + (1 << 20)));
   CHECK (file_covers (after));
+  CHECK (stray_zero_bits (zoff >> G, &saved) == 0);
+  if (op == CHECKPOINT && !failed)
+    CHECK (saved);
   if (test_failures) {
     fprintf (stderr, "%s with allocation %ld failing: r=%d (%s)\n",
              op_names[op], n, r, r ? err.msg : "ok");

@@ -313,13 +313,16 @@ cmd_info (int argc, char **argv)
   struct dbm_err err;
   const char *writer;
   uint64_t vsize;
-  uint32_t i;
+  uint32_t i, nzero = 0;
+  bool first = true;
 
   if (qcow2_open (argv[optind], 0, &img, &err) == -1) {
     print_err (&err);
     return 1;
   }
   vsize = qcow2_virtual_size (img);
+  for (i = 0; i < img->nb_bitmaps; ++i)
+    nzero += qcow2_is_zero_map (img, i);
   /* A writer is live if it holds QEMU's write lock; one that left the
    * running flag set without holding it crashed.
    */
@@ -337,7 +340,7 @@ cmd_info (int argc, char **argv)
     printf ("file: %s\nlayout: %s\nvirtual size: %" PRIu64 "\n"
             "cluster size: %" PRIu64 "\nbitmaps: %" PRIu32 "\n",
             img->path, qcow2_layout_name (img->layout), vsize,
-            img->cluster_size, img->nb_bitmaps);
+            img->cluster_size, img->nb_bitmaps - nzero);
     if (img->layout == QCOW2_LAYOUT_DRAFT2015)
       printf ("note: the 2015 draft layout; QEMU cannot open this file "
               "(use 'dirtybitmap convert --to qemu')\n");
@@ -350,21 +353,28 @@ cmd_info (int argc, char **argv)
     uint64_t gran = UINT64_C (1) << b->granularity_bits;
     uint64_t d = b->inconsistent ? 0 : dirty_bytes (b, b->size);
     double pct = b->size ? 100.0 * d / b->size : 0;
+    int z = qcow2_zero_map_of (img, i);
+    uint64_t zd = z >= 0 ? dirty_bytes (&img->bitmaps[z], b->size) : 0;
     char flags[80];
 
+    /* A zero map is shown as part of its bitmap. */
+    if (qcow2_is_zero_map (img, i))
+      continue;
     flags_text (img, b, o.json, flags, sizeof flags);
     if (o.json) {
-      printf ("%s{\"name\": ", i ? ", " : "");
+      printf ("%s{\"name\": ", first ? "" : ", ");
+      first = false;
       json_string (b->name);
       printf (", \"size\": %" PRIu64 ", \"granularity\": %" PRIu64
               ", \"flags\": [%s], \"consistent\": %s", b->size, gran, flags,
               b->inconsistent ? "false" : "true");
       if (b->inconsistent)
-        printf (", \"dirty_bytes\": null, \"dirty_percent\": null}");
+        printf (", \"dirty_bytes\": null, \"dirty_percent\": null, "
+                "\"zero_bytes\": null}");
       else
         printf (", \"dirty_bytes\": %" PRIu64 ", \"dirty_percent\": %.2f"
-                ", \"premarked_bytes_max\": %" PRIu64 "}", d, pct,
-                premarked_max (img, b));
+                ", \"premarked_bytes_max\": %" PRIu64 ", \"zero_bytes\": %"
+                PRIu64 "}", d, pct, premarked_max (img, b), zd);
     }
     else {
       fputs ("  ", stdout);
@@ -377,7 +387,10 @@ cmd_info (int argc, char **argv)
                 "(inconsistent)\n", gran, flags);
       else {
         printf ("granularity %" PRIu64 ", flags %s, dirty %" PRIu64
-                " bytes (%.2f%%)\n", gran, flags, d, pct);
+                " bytes (%.2f%%)", gran, flags, d, pct);
+        if (z >= 0)
+          printf (", of which zero %" PRIu64 " bytes", zd);
+        putchar ('\n');
         print_strip (b->bits);
       }
     }
@@ -531,20 +544,24 @@ cmd_map (int argc, char **argv)
   PARSE ("map", "json force svg", 2,
          "FILE NAME [--json | --svg OUT] [--force]",
          "Print the extents of bitmap NAME covering the whole virtual size, "
-         "in order,\nadjacent runs merged: OFFSET LENGTH dirty|clean, or "
-         "with --json an array of\n{\"offset\": N, \"length\": N, \"dirty\": "
-         "true|false}.\nWith --svg, draw them instead as an SVG picture in "
-         "OUT (- for standard\noutput): a bar for the disk, dirty ranges "
-         "coloured (at least a pixel wide),\nan axis of offsets, a legend.  "
+         "in order,\nadjacent runs merged: OFFSET LENGTH dirty|clean "
+         "[zero], or with --json an\narray of {\"offset\": N, \"length\": N, "
+         "\"dirty\": true|false, \"zero\": true|false}.\nZero: dirty, and "
+         "the last change to all of it was a zero or trim request\n(known "
+         "only for a bitmap a checkpoint froze; false otherwise).\nWith "
+         "--svg, draw them instead as an SVG picture in OUT (- for standard\n"
+         "output): a bar for the disk, dirty and zero ranges coloured (at "
+         "least a pixel\nwide), an axis of offsets, a legend.  "
          "OUT is replaced only once it is complete.\nAn in-use bitmap is "
          "refused unless --force: then its last persisted contents\nare "
          "shown (they may miss recent writes).\n");
   struct qcow2_image *img;
   const struct qcow2_bitmap *b;
+  const struct bitmap *zb = NULL;
   struct svg_out out = { 0 };
   struct map_svg svg = { 0 };
   uint64_t vsize, off = 0;
-  int idx, r = 0;
+  int idx, z, r = 0;
   bool first = true;
 
   if (o.json && o.svg) {
@@ -563,6 +580,8 @@ cmd_map (int argc, char **argv)
     return 1;
   }
   vsize = b->size;
+  if ((z = qcow2_zero_map_of (img, idx)) >= 0)
+    zb = img->bitmaps[z].bits;
   if (o.svg) {
     if (svg_open (o.svg, img->fd, &out) == -1) {
       qcow2_close (img);
@@ -576,21 +595,28 @@ cmd_map (int argc, char **argv)
   while (off < vsize) {
     uint64_t bit = off >> b->granularity_bits;
     bool dirty = bitmap_test (b->bits, bit);
-    uint64_t next = bitmap_find (b->bits, bit, !dirty);
-    uint64_t end = next >= b->bits->nbits ? vsize : next << b->granularity_bits;
+    /* Zero only where dirty, whatever the file says. */
+    bool zero = dirty && zb && bitmap_test (zb, bit);
+    uint64_t next = bitmap_find (b->bits, bit, !dirty), end;
 
+    if (dirty && zb) {
+      uint64_t znext = bitmap_find (zb, bit, !zero);
+      if (znext < next)
+        next = znext;
+    }
+    end = next >= b->bits->nbits ? vsize : next << b->granularity_bits;
     if (end > vsize)
       end = vsize;
     if (o.svg)
-      map_svg_extent (&svg, off, end - off,
-                      dirty ? MAP_SVG_DIRTY : MAP_SVG_CLEAN);
+      map_svg_extent (&svg, off, end - off, zero ? MAP_SVG_ZERO
+                      : dirty ? MAP_SVG_DIRTY : MAP_SVG_CLEAN);
     else if (o.json)
       printf ("%s\n{\"offset\": %" PRIu64 ", \"length\": %" PRIu64
-              ", \"dirty\": %s}", first ? "" : ",", off, end - off,
-              dirty ? "true" : "false");
+              ", \"dirty\": %s, \"zero\": %s}", first ? "" : ",", off,
+              end - off, dirty ? "true" : "false", zero ? "true" : "false");
     else
-      printf ("%20" PRIu64 " %20" PRIu64 "  %s\n", off, end - off,
-              dirty ? "dirty" : "clean");
+      printf ("%20" PRIu64 " %20" PRIu64 "  %s%s\n", off, end - off,
+              dirty ? "dirty" : "clean", zero ? " zero" : "");
     first = false;
     off = end;
   }
@@ -855,6 +881,11 @@ edit (const char *path, const char *name, int (*change) (struct qcow2_image *,
     qcow2_close (img);
     return 1;
   }
+  /* Any change to a frozen bitmap (or its removal) makes its zero map
+   * meaningless: it goes first.
+   */
+  if (must_exist)
+    idx = qcow2_drop_zero_map (img, idx);
   r = change (img, idx, arg);
   if (r == 0 && qcow2_commit (img, path, 0, qemu_lock_new_file, &err) != 0) {
     print_err (&err);
@@ -1029,6 +1060,11 @@ cmd_convert (int argc, char **argv)
     const struct qcow2_bitmap *b = &in->bitmaps[i];
     struct qcow2_bitmap *nb;
     if (o.bitmap && strcmp (b->name, o.bitmap) != 0)
+      continue;
+    /* Zero maps stay behind: OUT is a new file, without our autoclear bit
+     * they would be taken for ordinary bitmaps.
+     */
+    if (qcow2_is_zero_map (in, i))
       continue;
     if (qcow2_add_bitmap (out, b->name, b->granularity_bits,
                           convert_flags (in, b->flags, to), b->size, &err)

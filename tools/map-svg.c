@@ -39,6 +39,7 @@ static const struct {
 } kinds[MAP_SVG_NKINDS] = {
   [MAP_SVG_CLEAN] = { "clean", "#dde5ed" },
   [MAP_SVG_DIRTY] = { "dirty", "#e8590c" },
+  [MAP_SVG_ZERO] = { "zero", "#2f9e44" },
 };
 
 static const char units[] = "KMGTPE";

@@ -12,13 +12,14 @@
 #include <stdio.h>
 
 /* What an extent is.  The first kind is the bar's background; every other
- * kind is drawn over it.  A later kind (such as zero: clean and known to
- * read as zeroes) is one more value before MAP_SVG_NKINDS and one more row
- * in the table of map-svg.c; nothing else changes.
+ * kind is drawn over it.  A later kind is one more value before
+ * MAP_SVG_NKINDS and one more row in the table of map-svg.c; nothing else
+ * changes.  Zero: dirty, and last changed by a zero or trim request.
  */
 enum map_svg_kind {
   MAP_SVG_CLEAN,
   MAP_SVG_DIRTY,
+  MAP_SVG_ZERO,
   MAP_SVG_NKINDS
 };
 
