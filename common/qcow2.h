@@ -188,8 +188,9 @@ qcow2_autoclear_for (const struct qcow2_image *img)
 }
 
 /* Zero maps (qcow2-zero.c).  The zero map of bitmap NAME is a disabled
- * bitmap named NAME followed by QCOW2_ZERO_SUFFIX (a blank: no name the
- * tools accept from a user ends so), of the same granularity: a bit set
+ * bitmap named NAME followed by QCOW2_ZERO_SUFFIX (with a blank, which a
+ * user's new names may not hold; an enabled bitmap so named is refused),
+ * of the same granularity: a bit set
  * says the last change to all of that granule before NAME was frozen
  * was a zero or trim request.  Bits are a subset of NAME's.
  */

@@ -246,6 +246,17 @@ drop_from_clone (struct qcow2_image *img2, uint32_t j, struct bitmap **gone,
   qcow2_remove_bitmap (img2, j);
 }
 
+/* Does bitmap J (a zero map's name) have the bitmap it names? */
+static bool
+has_base (const struct qcow2_image *img, uint32_t j)
+{
+  const char *name = img->bitmaps[j].name;
+  CLEANUP_FREE char *base =
+    strndup (name, strlen (name) - strlen (QCOW2_ZERO_SUFFIX));
+
+  return base == NULL || qcow2_find_bitmap (img, base) >= 0;
+}
+
 /* Is bitmap J of the model one of S's? */
 static bool
 in_set (const struct track_set *s, uint32_t j)
@@ -292,11 +303,12 @@ save_zero_maps (struct tracker *tr, const struct track_set *before)
   if (!(img2->autoclear_features & QCOW2_AUTOCLEAR_DBM_ZERO))
     for (j = img2->nb_bitmaps; j-- > 0;)
       if (qcow2_zero_map_shaped (img2->bitmaps[j].name) &&
+          has_base (img2, j) &&
           !(img2->bitmaps[j].flags & BME_FLAG_AUTO) &&
           !in_set (before, j)) {
         tr->cfg.log ("%s: zero map '%s' dropped: another program opened "
-                     "the file read-write since it was saved", tr->cfg.path,
-                     img2->bitmaps[j].name);
+                     "the file read-write since it was saved, so it may "
+                     "be stale", tr->cfg.path, img2->bitmaps[j].name);
         drop_from_clone (img2, j, gone, &ngone);
       }
   img2->autoclear_features |= QCOW2_AUTOCLEAR_DBM_ZERO;
@@ -316,7 +328,9 @@ save_zero_maps (struct tracker *tr, const struct track_set *before)
     img2->bitmaps[img2->nb_bitmaps - 1].bits = z[i];
     z[i] = NULL;
     if (tracker_own_bitmaps (tr, img2, &e) == -1) {
-      tracker_drop_model (img2);  /* the unowned map is lost with it */
+      /* Only this map is not owned yet: free it with the model. */
+      bitmap_delete (img2->bitmaps[img2->nb_bitmaps - 1].bits);
+      tracker_drop_model (img2);
       goto fail;
     }
   }

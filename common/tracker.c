@@ -482,6 +482,20 @@ tracker_open (const struct tracker_config *cfg, struct tracker **trp,
                 qcow2_layout_name (tr->img->layout));
     goto fail;
   }
+  /* An enabled bitmap named as another's zero map would be trusted as
+   * one once a checkpoint froze it (qcow2.h): refused, never tracked.
+   */
+  for (i = 0; i < tr->img->nb_bitmaps; ++i)
+    if (tr->img->layout == QCOW2_LAYOUT_QEMU &&
+        (tr->img->bitmaps[i].flags & BME_FLAG_AUTO) &&
+        qcow2_zero_map_shaped (tr->img->bitmaps[i].name)) {
+      CLEANUP_FREE char *name = dbm_printable_name (tr->img->bitmaps[i].name);
+
+      dbm_seterr (err, EINVAL, "%s: bitmap '%s' is enabled, but its name "
+                  "ends in '" QCOW2_ZERO_SUFFIX "', which is kept for zero "
+                  "maps: rename or remove it", cfg->path, name ? name : "?");
+      goto fail;
+    }
   if (qemu_lock_write (tr->img->fd, tr->cfg.path, err) == -1)
     goto fail;
   qcow2_note_identity (tr->img);

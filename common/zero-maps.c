@@ -79,7 +79,11 @@ sum (struct tracker *tr, uint64_t offset, uint64_t count, bool finished)
 void
 tracker_zero_enable (struct tracker *tr)
 {
-  if (atomic_load (&tr->zero_live))
+  /* The draft layout has no checkpoints, so no zero map is ever saved:
+   * nothing to count for (zero requests then set no bits).
+   */
+  if (atomic_load (&tr->zero_live) ||
+      tr->cfg.layout != QCOW2_LAYOUT_QEMU)
     return;
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&tr->zero_enable_lock);
   if (atomic_load (&tr->zero_live))

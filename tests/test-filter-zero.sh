@@ -9,7 +9,8 @@
 # QEMU sees no extra enabled bitmap, and qemu-nbd -B + nbdinfo --map read
 # the same dirty extents.  A read-write open by QEMU makes every range
 # "not zero"; the next checkpoint drops the stale maps.  Removal (socket
-# and CLI), 'clear', and growth (the new area is dirty, not zero).
+# and CLI), 'clear', and growth (the new area is dirty, not zero).  A
+# zero map cannot be enabled (CLI), nor tracked if QEMU enabled it.
 source "$srcdir/functions.sh"
 requires qemu-img --version
 requires qemu-nbd --version
@@ -164,6 +165,25 @@ qemu-img info --output=json c.qcow2 | json_check '
     fail "clear/remove left a zero map behind"
 $D map c.qcow2 dirtybitmap --json | json_check 'any(e["zero"] for e in j)' ||
     fail "an unrelated zero map was lost"
+
+# A zero map is never enabled: refused by the CLI; one QEMU enabled
+# makes the filter refuse to start (it would be trusted once frozen).
+cp b.qcow2 e.qcow2
+if $D enable e.qcow2 "k1 [zero]" 2> enable.err; then
+    fail "enable of a zero map accepted"
+fi
+grep -q "is kept for zero maps, which are never enabled" enable.err ||
+    fail "enable of a zero map: $(cat enable.err)"
+qemu-img bitmap --enable e.qcow2 "k1 [zero]"
+cp e.qcow2 e.before
+if "$NBDKIT" --filter="$FILTER" memory 64M bitmap-file=$PWD/e.qcow2 \
+       --run true 2> start.err; then
+    fail "started with an enabled bitmap named as a zero map"
+fi
+grep -q "bitmap 'k1 \[zero\]' is enabled, but its name ends in ' \[zero\]'" start.err ||
+    fail "start with an enabled zero map's name: $(cat start.err)"
+cmp -s e.qcow2 e.before || fail "a refused start changed the file"
+qemu_check e.qcow2
 
 # Over the socket: removal takes the zero map along.
 start_nbdkit pid.r sock.r memory 64M bitmap-file=$PWD/b.qcow2 \

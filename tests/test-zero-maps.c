@@ -22,6 +22,7 @@
  *    lets through counts itself too: one that runs while a zero request
  *    does keeps it from setting bits; and a write into a granule with a
  *    zero bit is not let through (it has a bit to clear).
+ * 7. The draft layout (no checkpoints) never counts.
  */
 #include <config.h>
 
@@ -414,6 +415,26 @@ test_restart (void)
   CHECK (file_zero ("c2", 5) && !file_zero ("b", 0));
 }
 
+/* The draft layout has no checkpoints, so zero maps never count. */
+static void
+test_draft (void)
+{
+  struct tracker_config cfg = {
+    .path = path, .layout = QCOW2_LAYOUT_DRAFT2015, .bitmap_name = "d",
+    .granularity_bits = 16, .mode = TRACKER_CRASH_SAFE,
+    .in_use_policy = IN_USE_DIRTY, .region_size = 4 << 20, .log = nolog,
+  };
+  struct dbm_err err;
+
+  unlink (path);
+  CHECK (tracker_open (&cfg, &tr, &err) == 0);
+  CHECK (tracker_set_size (tr, SIZE, &err) == 0);
+  zero (0, G);
+  CHECK (!atomic_load (&tr->zero_counting));
+  CHECK (atomic_load (tr->fast_slot) != NULL);
+  CHECK (tracker_close (tr, &err) == 0);
+}
+
 int
 main (void)
 {
@@ -429,6 +450,7 @@ main (void)
   test_across_cut ();
   test_during_cut ();
   test_restart ();
+  test_draft ();
   unlink (path);
   rmdir (dir);
   TEST_DONE ();

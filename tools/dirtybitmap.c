@@ -962,6 +962,13 @@ do_flags (struct qcow2_image *img, int idx, void *arg)
              "self flag (a bitmap of this image)\n", prog, img->path, b->name);
     return 1;
   }
+  if (strcmp (arg, "enable") == 0 && img->layout == QCOW2_LAYOUT_QEMU &&
+      qcow2_zero_map_shaped (b->name)) {
+    fprintf (stderr, "%s: %s: bitmap '%s': a name ending in '"
+             QCOW2_ZERO_SUFFIX "' is kept for zero maps, which are never "
+             "enabled\n", prog, img->path, b->name);
+    return 1;
+  }
   if (strcmp (arg, "enable") == 0)
     b->flags |= qcow2_enabled_flags (img);
   else
