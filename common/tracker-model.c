@@ -316,8 +316,12 @@ save_zero_maps (struct tracker *tr, const struct track_set *before)
     const struct qcow2_bitmap *b = &tr->img->bitmaps[before->t[i].st->idx];
     CLEANUP_FREE char *name = z[i] ? qcow2_zero_map_name (b->name) : NULL;
 
-    if (name == NULL)
+    if (name == NULL) {
+      /* Too long a name, or out of memory: this map is not kept. */
+      bitmap_delete (z[i]);
+      z[i] = NULL;
       continue;
+    }
     if ((k = qcow2_find_bitmap (img2, name)) >= 0)
       drop_from_clone (img2, k, gone, &ngone);
     if (qcow2_add_bitmap (img2, name, b->granularity_bits, 0, 0, &e) == -1) {
