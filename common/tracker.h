@@ -342,55 +342,51 @@ extern void tracker_hold_slow_path (struct tracker *tr, bool hold);
  * stores.  (count == 0 needs no test: nothing is to be marked either way.)
  */
 static inline __attribute__ ((always_inline)) bool
-tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
+tracked_check (const struct tracked *t, uint64_t offset, uint64_t count,
+               bool zero)
 {
   uint64_t first = offset >> t->granularity_bits;
   uint64_t last = (offset + count - 1) >> t->granularity_bits;
+  uint64_t leaf = first / BITMAP_LEAF_BITS, wi = (first % BITMAP_LEAF_BITS) >> 6;
   _Atomic uint64_t *words;
   uint64_t w, r;
 
   if (((first ^ last) >> 6) != 0 || last >= t->nbits)
     return false;
-  words = atomic_load (&t->leaves[first / BITMAP_LEAF_BITS]);
+  words = atomic_load (&t->leaves[leaf]);
   if (words == NULL)
     return false;
   /* Bits FIRST..LAST of the word all set: the complement shifted so that
    * bit FIRST is bit 0, then shifted up so that only LAST - FIRST + 1
    * bits remain (LAST - FIRST < 64, so both shifts are 0..63).
    */
-  w = ~atomic_load (&words[(first % BITMAP_LEAF_BITS) >> 6]);
+  w = ~atomic_load (&words[wi]);
   if (((w >> (first & 63)) << (63 - (last - first))) != 0)
+    return false;
+  /* ZERO: no zero bit of the range set either, from the same word of the
+   * zero map (zero-maps.c: a data write must clear them).
+   */
+  if (zero && (words = atomic_load (&t->zero_leaves[leaf])) != NULL &&
+      ((atomic_load (&words[wi]) >> (first & 63)) << (63 - (last - first)))
+      != 0)
     return false;
   /* A word never straddles regions (a region is whole words). */
   r = first >> t->region_shift;
   return (atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1;
 }
 
-/* tracked_is_noop, and no zero bit of bitmap T set in the range either
- * (zero-maps.c: a data write must clear them), from the same word.
- */
+static inline __attribute__ ((always_inline)) bool
+tracked_is_noop (const struct tracked *t, uint64_t offset, uint64_t count)
+{
+  return tracked_check (t, offset, count, false);
+}
+
+/* tracked_is_noop, and no zero bit of bitmap T set in the range either. */
 static inline __attribute__ ((always_inline)) bool
 tracked_is_noop_zero (const struct tracked *t, uint64_t offset,
                       uint64_t count)
 {
-  uint64_t first = offset >> t->granularity_bits;
-  uint64_t last = (offset + count - 1) >> t->granularity_bits;
-  uint64_t leaf = first / BITMAP_LEAF_BITS, wi = (first % BITMAP_LEAF_BITS) >> 6;
-  unsigned lo = first & 63, up = 63 - (last - first);
-  _Atomic uint64_t *words, *zero;
-  uint64_t r;
-
-  if (((first ^ last) >> 6) != 0 || last >= t->nbits)
-    return false;
-  words = atomic_load (&t->leaves[leaf]);
-  if (words == NULL ||
-      (((~atomic_load (&words[wi])) >> lo) << up) != 0)
-    return false;
-  zero = atomic_load (&t->zero_leaves[leaf]);
-  if (zero != NULL && ((atomic_load (&zero[wi]) >> lo) << up) != 0)
-    return false;
-  r = first >> t->region_shift;
-  return (atomic_load (&t->armed[r >> 6]) >> (r & 63)) & 1;
+  return tracked_check (t, offset, count, true);
 }
 
 /* The steady state of the common case, inline so that the caller can
